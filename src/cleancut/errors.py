@@ -1,0 +1,161 @@
+"""One exception tree for cleancut; each class carries the exit code ``main()`` turns it into.
+
+::
+
+    CleancutError (1)
+    ├── ConfigError (2)              a config file or argument is wrong; nothing was touched
+    ├── HookSecurityError (2)        a hook or config file fails the permission checks
+    ├── HostUnreachable (5)          the transport could not reach a host's guest agent
+    ├── HostFailed (6)               a host answered, but a phase failed on it
+    │   └── GuestError (6)           the error as the guest reported it
+    ├── ProtocolError (6)            the guest and coordinator disagree on the protocol
+    ├── FreezeError (6)              FIFREEZE/FITHAW refused
+    ├── ProviderError (6)            a snapshot could not be made (e.g. datastore without reflink)
+    ├── WriterError (6)              a database could not be made consistent
+    ├── HookError (6)                a hook failed, timed out or could not be started
+    ├── PolicyAbort (4)              on_failure = "abort" and a member fell below application
+    ├── MoverError (7)               restic failed; carries restic's own message
+    ├── CatalogError (1)             the local index is unreadable
+    ├── NotFound (8)                 no such recovery point / resource
+    └── RestoreRefused (2)           a restore would overwrite live data without --in-place
+
+A committed but degraded recovery point is not an error: the CLI exits with
+:data:`EXIT_DEGRADED` so scripts notice it.
+"""
+
+from __future__ import annotations
+
+EXIT_OK = 0
+EXIT_DEGRADED = 3
+
+
+class CleancutError(Exception):
+    """Something went wrong."""
+
+    exit_code = 1
+
+    def __init__(self, message: str | None = None) -> None:
+        super().__init__(message or (self.__doc__ or self.__class__.__name__).strip())
+
+    @property
+    def message(self) -> str:
+        return str(self.args[0])
+
+
+class ConfigError(CleancutError):
+    """The configuration is invalid."""
+
+    exit_code = 2
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        file: str | None = None,
+        key: str | None = None,
+        hint: str | None = None,
+    ) -> None:
+        self.file = file
+        self.key = key
+        self.hint = hint
+        parts = []
+        if file:
+            parts.append(file)
+        if key:
+            parts.append(key)
+        where = ": ".join(parts)
+        text = f"{where}: {message}" if where else message
+        if hint:
+            text += f" ({hint})"
+        super().__init__(text)
+
+
+class HookSecurityError(CleancutError):
+    """A hook or configuration file failed a permission check."""
+
+    exit_code = 2
+
+    def __init__(self, path: str, rule: str, fix: str) -> None:
+        self.path = path
+        self.rule = rule
+        self.fix = fix
+        super().__init__(f"{path}: refused: {rule}; fix: {fix}")
+
+
+class HostUnreachable(CleancutError):
+    """The host's guest agent could not be reached."""
+
+    exit_code = 5
+
+
+class HostFailed(CleancutError):
+    """A host answered, but a phase failed on it."""
+
+    exit_code = 6
+
+
+class GuestError(HostFailed):
+    """The guest agent reported an error."""
+
+    def __init__(self, host: str, kind: str, message: str) -> None:
+        self.host = host
+        self.kind = kind
+        super().__init__(f"host {host}: {message}")
+
+
+class ProtocolError(CleancutError):
+    """The guest agent and the coordinator disagree on the protocol."""
+
+    exit_code = 6
+
+
+class FreezeError(CleancutError):
+    """A file system could not be frozen or thawed."""
+
+    exit_code = 6
+
+
+class ProviderError(CleancutError):
+    """A snapshot could not be made."""
+
+    exit_code = 6
+
+
+class WriterError(CleancutError):
+    """A database could not be made consistent."""
+
+    exit_code = 6
+
+
+class HookError(CleancutError):
+    """A hook failed."""
+
+    exit_code = 6
+
+
+class PolicyAbort(CleancutError):
+    """on_failure = "abort" and a member did not reach application level; no RP was written."""
+
+    exit_code = 4
+
+
+class MoverError(CleancutError):
+    """The backup repository tool failed."""
+
+    exit_code = 7
+
+
+class CatalogError(CleancutError):
+    """The local catalog could not be read or written."""
+
+
+class NotFound(CleancutError):
+    """The requested recovery point or resource does not exist."""
+
+    exit_code = 8
+
+
+class RestoreRefused(CleancutError):
+    """The restore would overwrite live data."""
+
+    exit_code = 2

@@ -1,0 +1,87 @@
+"""The mover interface: moves snapshots into the backup repository and back.
+
+Built on restic today (:mod:`cleancut.mover.restic`); kopia or another tool would be a
+second implementation of the same small surface.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+#: called with progress figures: {"percent", "bytes_done", "total_bytes", "files_done", ...}
+ProgressCallback = Callable[[dict[str, Any]], None]
+
+
+@dataclass(frozen=True)
+class RepositoryAccess:
+    """Where the repository is and the password that opens it (never put on a command line)."""
+
+    url: str
+    password: str
+
+    def __repr__(self) -> str:
+        return f"RepositoryAccess(url={self.url!r}, password=***)"
+
+
+@dataclass(frozen=True)
+class Upload:
+    """The result of one backup into the repository."""
+
+    snapshot_id: str
+    bytes_processed: int
+    bytes_added: int
+    files: int
+    seconds: float
+
+
+@dataclass(frozen=True)
+class StoredSnapshot:
+    """A snapshot found in the repository."""
+
+    snapshot_id: str
+    time: datetime
+    host: str
+    tags: dict[str, str]
+    paths: list[str]
+
+
+class Mover(abc.ABC):
+    """Moves data into the repository and back."""
+
+    @abc.abstractmethod
+    def ensure_repository(self) -> bool:
+        """Initialise the repository if it does not exist; True if it was created."""
+
+    @abc.abstractmethod
+    def backup(
+        self,
+        source: Path,
+        *,
+        host: str,
+        tags: dict[str, str],
+        progress: ProgressCallback | None = None,
+    ) -> Upload:
+        """Back up a file or a tree; the repository stores it relative to ``source``."""
+
+    @abc.abstractmethod
+    def backup_bytes(self, data: bytes, filename: str, *, host: str, tags: dict[str, str]) -> Upload:
+        """Store ``data`` as one file (used for the manifest, written last)."""
+
+    @abc.abstractmethod
+    def find(self, tags: dict[str, str]) -> list[StoredSnapshot]:
+        """The snapshots carrying all of ``tags``."""
+
+    @abc.abstractmethod
+    def read_file(self, snapshot_id: str, filename: str) -> bytes:
+        """The contents of one file of a snapshot."""
+
+    @abc.abstractmethod
+    def restore(
+        self, snapshot_id: str, target: Path, *, progress: ProgressCallback | None = None
+    ) -> None:
+        """Restore a snapshot's contents into ``target``."""

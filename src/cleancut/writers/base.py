@@ -1,0 +1,41 @@
+"""The writer interface: makes one database consistent on disk for the cut (VSS writers' role).
+
+A writer never knows which provider snapshots its volume. ``hold`` runs just before the
+freeze and ``release`` right after the thaw; ``close`` runs on every path, so a hold is
+always released even when a phase fails or the coordinator disappears.
+"""
+
+from __future__ import annotations
+
+import abc
+from typing import Any
+
+from cleancut.config.guest import Database
+
+
+class Writer(abc.ABC):
+    """Makes one database consistent for the cut and records its position."""
+
+    def __init__(self, name: str, database: Database) -> None:
+        self.name = name
+        self.database = database
+
+    @abc.abstractmethod
+    def check(self) -> dict[str, Any]:
+        """Reach the database and report what hello shows (version, mode). Touches nothing."""
+
+    @abc.abstractmethod
+    def prepare(self) -> dict[str, Any]:
+        """Slow work before the freeze (checkpoint). Returns what it recorded."""
+
+    @abc.abstractmethod
+    def hold(self) -> None:
+        """Stop the database's writes reaching disk until release (held session)."""
+
+    @abc.abstractmethod
+    def release(self) -> dict[str, Any]:
+        """End the hold; returns the recorded position (LSN, page count, ...)."""
+
+    @abc.abstractmethod
+    def close(self) -> None:
+        """Release anything still held and disconnect; idempotent, never raises."""
