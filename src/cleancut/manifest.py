@@ -38,6 +38,7 @@ class HookRun(BaseModel):
     attempts: int
     duration: float
     timed_out: bool = False
+    continue_on_failure: bool = False
     stdout: str = ""
     stderr: str = ""
     error: str | None = None

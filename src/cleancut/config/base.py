@@ -14,13 +14,13 @@ _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
 def parse_duration(value: Any) -> float:
     """Seconds from ``"500ms"``, ``"10s"``, ``"2m"``, ``"1h"`` or a bare number of seconds."""
     if isinstance(value, bool):
-        raise ValueError("expected a duration such as \"500ms\", \"10s\" or \"2m\"")
+        raise ValueError('expected a duration such as "500ms", "10s" or "2m"')
     if isinstance(value, int | float):
         seconds = float(value)
     elif isinstance(value, str) and (match := _DURATION.match(value)):
         seconds = float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
     else:
-        raise ValueError(f"{value!r} is not a duration; write it as \"500ms\", \"10s\" or \"2m\"")
+        raise ValueError(f'{value!r} is not a duration; write it as "500ms", "10s" or "2m"')
     if seconds <= 0:
         raise ValueError("a duration must be greater than zero")
     return seconds

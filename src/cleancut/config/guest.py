@@ -45,7 +45,9 @@ class Volume(Strict):
                 'writers) or use snapshot = "image" or "copy"'
             )
         if self.image is not None and self.snapshot != "image":
-            raise ValueError(f'"image" is only valid with snapshot = "image", not "{self.snapshot}"')
+            raise ValueError(
+                f'"image" is only valid with snapshot = "image", not "{self.snapshot}"'
+            )
         return self
 
     @property
@@ -136,4 +138,3 @@ class GuestConfig(Strict):
         if duplicates:
             raise ValueError(f"hooks: the name {duplicates[0]!r} is used twice")
         return self
-

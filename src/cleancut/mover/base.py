@@ -69,7 +69,9 @@ class Mover(abc.ABC):
         """Back up a file or a tree; the repository stores it relative to ``source``."""
 
     @abc.abstractmethod
-    def backup_bytes(self, data: bytes, filename: str, *, host: str, tags: dict[str, str]) -> Upload:
+    def backup_bytes(
+        self, data: bytes, filename: str, *, host: str, tags: dict[str, str]
+    ) -> Upload:
         """Store ``data`` as one file (used for the manifest, written last)."""
 
     @abc.abstractmethod

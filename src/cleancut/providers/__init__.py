@@ -1,1 +1,49 @@
-"""providers"""
+"""Snapshot providers: how a point-in-time image of one volume is made (DESIGN.md §3a).
+
+A table maps the ``snapshot =`` value of a volume to its provider class:
+
+* ``image``   : FICLONE of the disk image backing the volume, on its datastore (freezable)
+* ``copy``    : the tree copied to another file system (freezable; the copy is write stall)
+* ``btrfs``   : read-only subvolume snapshot in the same file system (never frozen)
+* ``reflink`` : FICLONE of each file in the same file system (never frozen)
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from cleancut.config.guest import Volume
+from cleancut.errors import ConfigError
+from cleancut.providers.base import Provider, Snapshot
+from cleancut.providers.btrfs import BtrfsProvider
+from cleancut.providers.copy import CopyProvider
+from cleancut.providers.image import ImageProvider
+from cleancut.providers.reflink import ReflinkProvider
+
+PROVIDERS: dict[str, type[Provider]] = {
+    "image": ImageProvider,
+    "copy": CopyProvider,
+    "btrfs": BtrfsProvider,
+    "reflink": ReflinkProvider,
+}
+
+
+def make_provider(name: str, volume: Volume, staging: Path) -> Provider:
+    """The provider for volume ``name``, chosen by its ``snapshot`` kind.
+
+    ``staging`` is the host's default staging root (``GuestConfig.staging``); a volume's own
+    ``staging`` overrides it where the provider uses one.
+    """
+    try:
+        cls = PROVIDERS[volume.snapshot]
+    except KeyError:
+        known = ", ".join(sorted(PROVIDERS))
+        raise ConfigError(
+            f"unknown snapshot provider {volume.snapshot!r}",
+            key=f"volumes.{name}.snapshot",
+            hint=f"valid: {known}",
+        ) from None
+    return cls(name, volume, staging)
+
+
+__all__ = ["PROVIDERS", "Provider", "Snapshot", "make_provider"]

@@ -1,0 +1,5 @@
+"""``python -m cleancut``: the same as the ``cleancut`` command."""
+
+from cleancut.cli.main import main
+
+main()

@@ -1,0 +1,90 @@
+"""``cleancut backup``: one recovery point of an application."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from cleancut.cli.common import APP_CONFIG, JSON, load, open_catalog, open_repository
+from cleancut.cli.output import emit_json, err, fmt_bytes, fmt_ms, out, progress_bars
+from cleancut.coordinator import Coordinator
+from cleancut.errors import EXIT_DEGRADED
+from cleancut.manifest import Manifest
+
+
+def backup(
+    config: Path = APP_CONFIG,
+    json_output: bool = JSON,
+    dry_run: bool = typer.Option(
+        False, "--dry-run", help="Print every step and restic command; touch nothing."
+    ),
+) -> None:
+    """Take one recovery point (RP) of the application: every host at one consistent cut.
+
+    Runs hello → prepare → freeze → snapshot → thaw → upload on all hosts, then commits
+    the RP's manifest to the repository. Exit code 0 when the RP reached application level
+    and is group-consistent, 3 when it was committed at a weaker level (on_failure =
+    "degrade"), 4 when on_failure = "abort" refused it, 2 for a configuration error.
+    """
+    loaded = load(config)
+    access, mover = open_repository(loaded)
+    catalog = None if dry_run else open_catalog(loaded)
+    with progress_bars(not json_output and not dry_run) as bars:
+
+        def on_event(kind: str, data: dict[str, Any]) -> None:
+            if json_output:
+                emit_json(kind, data)
+            elif kind == "progress" and bars is not None:
+                bars.update(f"{data.get('host')}/{data.get('resource')}", data)
+            elif kind == "phase" and data.get("state") == "done":
+                err.print(f"  {data['phase']:<9} done in {fmt_ms(data.get('seconds'))}")
+
+        coordinator = Coordinator(
+            loaded, access=access, mover=mover, catalog=catalog, on_event=on_event
+        )
+        if dry_run:
+            plan = coordinator.dry_run()
+            _print_plan(plan, json_output)
+            return
+        outcome = coordinator.run()
+    manifest = outcome.manifest
+    if json_output:
+        emit_json("result", {"manifest": manifest.model_dump(mode="json")})
+    else:
+        print_summary(manifest)
+    if not (manifest.level == "application" and manifest.group_consistent):
+        raise typer.Exit(EXIT_DEGRADED)
+
+
+def _print_plan(plan: dict[str, list[str]], json_output: bool) -> None:
+    if json_output:
+        emit_json("plan", {"steps": plan})
+        return
+    out.print("dry run: nothing is touched; these are the steps a backup would run")
+    for host, steps in plan.items():
+        out.print(f"\n[{host}]" if host != "coordinator" else "\n[coordinator]", markup=False)
+        for step in steps:
+            out.print(f"  {step}", markup=False)
+
+
+def print_summary(manifest: Manifest) -> None:
+    """The committed RP in a few lines: level, group consistency, stalls, members."""
+    consistent = "yes" if manifest.group_consistent else "NO"
+    out.print(f"recovery point {manifest.rp_id} committed", markup=False)
+    out.print(f"  level            {manifest.level}", markup=False)
+    out.print(f"  group-consistent {consistent}", markup=False)
+    out.print(f"  quiet window     {fmt_ms(manifest.quiet_window_seconds)}", markup=False)
+    for host in manifest.hosts:
+        copy = " (includes the copy)" if host.stall_includes_copy else ""
+        selfthaw = f", thawed by itself: {host.self_thawed}" if host.self_thawed else ""
+        out.print(
+            f"  write stall      {host.host}: {fmt_ms(host.write_stall)}{copy}{selfthaw}",
+            markup=False,
+        )
+    for m in manifest.members:
+        size = fmt_bytes(m.bytes_processed)
+        out.print(f"  {m.host}/{m.resource:<12} {m.level:<11} {size:>10}  {m.reason}", markup=False)
+    for note in manifest.notes:
+        out.print(f"  note: {note}", markup=False)

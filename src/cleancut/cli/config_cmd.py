@@ -1,0 +1,86 @@
+"""``cleancut config``: check, generate, show and describe configuration files."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from cleancut.cli.common import APP_CONFIG
+from cleancut.cli.output import out
+from cleancut.config.application import AppConfig
+from cleancut.config.guest import GuestConfig
+from cleancut.config.load import load_app, load_guest
+from cleancut.config.samples import APP_SAMPLE, GUEST_SAMPLE
+from cleancut.guest.hooks import collect_hooks
+from cleancut.guest.security import check_config_file, open_trusted
+
+app = typer.Typer(
+    help="Check, generate, show and describe configuration files.", no_args_is_help=True
+)
+
+
+def check_guest(path: Path) -> GuestConfig:
+    """A guest config as its agent would accept it: permissions, keys, hooks and their scripts."""
+    check_config_file(path)
+    config = load_guest(path)
+    for spec in collect_hooks(config):
+        for argv, pin in ((spec.pre, spec.pre_sha256), (spec.post, spec.post_sha256)):
+            if argv is not None:
+                with open_trusted(Path(argv[0]), sha256=pin):
+                    pass
+    return config
+
+
+@app.command("check")
+def check(config: Path = APP_CONFIG) -> None:
+    """Validate the application config and every guest config it names (local hosts).
+
+    Exits 2 with the file, the key, what was wrong and what would be valid.
+    """
+    loaded = load_app(config)
+    for name, host in loaded.config.hosts.items():
+        guest = check_guest(host.guest_config)
+        out.print(
+            f"host {name}: {host.guest_config} ok — {len(guest.volumes)} volume(s), "
+            f"{len(guest.databases)} database(s), {len(collect_hooks(guest))} hook(s)",
+            markup=False,
+        )
+    out.print(f"{loaded.path}: ok", markup=False)
+
+
+@app.command("generate")
+def generate(
+    guest: bool = typer.Option(
+        False, "--guest", help="The guest config instead of the application's."
+    ),
+) -> None:
+    """Print a commented sample config to start from."""
+    print(GUEST_SAMPLE if guest else APP_SAMPLE, end="")
+
+
+@app.command("show")
+def show(config: Path = APP_CONFIG) -> None:
+    """Print the effective configuration with defaults filled in, guest configs included."""
+    loaded = load_app(config)
+    effective: dict[str, Any] = loaded.config.model_dump(mode="json")
+    for name, host in loaded.config.hosts.items():
+        effective["hosts"][name]["guest"] = load_guest(host.guest_config).model_dump(mode="json")
+    print(json.dumps(effective, indent=2))
+
+
+@app.command("schema")
+def schema() -> None:
+    """Print the JSON Schema of both files, for editors."""
+    print(
+        json.dumps(
+            {
+                "$schema": "https://json-schema.org/draft/2020-12/schema",
+                "application": AppConfig.model_json_schema(),
+                "guest": GuestConfig.model_json_schema(),
+            },
+            indent=2,
+        )
+    )

@@ -1,0 +1,27 @@
+"""``cleancut guest``: the guest agent, serving the cut protocol on stdin/stdout."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from cleancut.guest.agent import run_agent
+
+DEFAULT_GUEST_CONFIG = Path("/etc/cleancut/guest.toml")
+
+
+def guest(
+    config: Path = typer.Option(
+        DEFAULT_GUEST_CONFIG, "--config", "-c", help="The guest config of this host (root-owned)."
+    ),
+) -> None:
+    """Run the guest agent: the cut protocol as JSON lines on stdin/stdout.
+
+    The coordinator starts this itself (as a child process, or over SSH as the forced
+    command of its backup key); you run it by hand only to debug. It thaws every file
+    system it froze when its input closes or its freeze deadline passes.
+    """
+    code = run_agent(config)
+    if code:
+        raise typer.Exit(code)

@@ -1,0 +1,59 @@
+"""The ``cleancut`` command. ``main()`` is the one place that turns exceptions into exit codes."""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+from rich.markup import escape
+
+from cleancut import __version__
+from cleancut.cli import backup, catalog_cmd, config_cmd, demo, guest, points, restore
+from cleancut.cli.output import err
+from cleancut.errors import CleancutError
+
+app = typer.Typer(
+    name="cleancut",
+    help=(
+        "Application-consistent backups of whole applications: the VMs' disks, the databases "
+        "on them and the file shares they use, captured at one consistent cut and restored "
+        "so that everything starts without clean-up and agrees with itself."
+    ),
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+app.add_typer(config_cmd.app, name="config")
+app.add_typer(catalog_cmd.app, name="catalog")
+app.command("backup")(backup.backup)
+app.command("points")(points.points)
+app.command("restore")(restore.restore)
+app.command("guest")(guest.guest)
+app.command("demo")(demo.demo)
+
+
+def _version(value: bool) -> None:
+    if value:
+        print(f"cleancut {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="Print the version and exit."
+    ),
+) -> None:
+    """Application-consistent backups of whole applications at one consistent cut."""
+
+
+def main() -> None:
+    """Run the CLI; map cleancut's errors to their exit codes with a one-line message."""
+    try:
+        app()
+    except CleancutError as exc:
+        err.print(f"[bold red]error:[/] {escape(exc.message)}")
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        err.print("interrupted")
+        sys.exit(130)

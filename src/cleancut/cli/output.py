@@ -1,0 +1,86 @@
+"""Rendering for people and machines: rich tables and progress bars, or JSON lines.
+
+Colour follows rich's rules: none when ``NO_COLOR`` is set or output is not a terminal.
+Errors and progress go to stderr, results to stdout, so ``--json`` output stays parseable.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeRemainingColumn,
+    TransferSpeedColumn,
+)
+
+out = Console(highlight=False, soft_wrap=True)
+err = Console(stderr=True, highlight=False)
+
+
+def emit_json(kind: str, data: dict[str, Any]) -> None:
+    """One JSON line on stdout."""
+    sys.stdout.write(json.dumps({"event": kind, **data}, default=str) + "\n")
+    sys.stdout.flush()
+
+
+def fmt_bytes(count: float | None) -> str:
+    if count is None:
+        return "-"
+    value = float(count)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if value < 1024 or unit == "TiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{value:.1f} TiB"  # pragma: no cover
+
+
+def fmt_ms(seconds: float | None) -> str:
+    return "-" if seconds is None else f"{seconds * 1000:.1f} ms"
+
+
+class ProgressView:
+    """One progress bar per uploading or restoring resource, fed with the mover's figures."""
+
+    def __init__(self, progress: Progress) -> None:
+        self._progress = progress
+        self._tasks: dict[str, TaskID] = {}
+
+    def update(self, label: str, figures: dict[str, Any]) -> None:
+        total = figures.get("total_bytes")
+        done = figures.get("bytes_done")
+        if label not in self._tasks:
+            self._tasks[label] = self._progress.add_task(label, total=total or None)
+        task = self._tasks[label]
+        if figures.get("done"):
+            self._progress.update(task, total=total or done or 1, completed=total or done or 1)
+        else:
+            self._progress.update(task, total=total or None, completed=done or 0)
+
+
+@contextmanager
+def progress_bars(enabled: bool) -> Iterator[ProgressView | None]:
+    """Progress bars on stderr while the block runs (nothing when disabled)."""
+    if not enabled:
+        yield None
+        return
+    progress = Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        TimeRemainingColumn(),
+        console=err,
+        transient=False,
+    )
+    with progress:
+        yield ProgressView(progress)

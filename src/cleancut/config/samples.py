@@ -1,0 +1,66 @@
+"""Commented sample configs printed by ``cleancut config generate`` (tests validate them)."""
+
+APP_SAMPLE = """\
+# cleancut application config: one consistency group, captured at one cut.
+name = "shop"                 # lower-case letters, digits, "-" and "_"
+
+# Hard bound on any host's write stall. A guest thaws by itself when it passes,
+# and the recovery point is then marked not group-consistent.
+freeze_timeout = "10s"        # "500ms", "10s", "2m"
+
+# "abort":   no recovery point unless every member reaches application level
+#            and the cut is group-consistent (GCP's behaviour).
+# "degrade": keep going and record the weaker level (Azure's and AWS's default).
+on_failure = "abort"
+
+# The local index of recovery points (default: ~/.local/state/cleancut/<name>.catalog.sqlite).
+# catalog = "/var/lib/cleancut/shop.catalog.sqlite"
+
+[repository]
+url = "/var/backups/shop"     # any restic repository URL: /path, sftp:..., rest:..., s3:...
+password_file = "/etc/cleancut/shop.pass"
+# password_command = ["/usr/bin/pass", "show", "backup/shop"]
+# (or RESTIC_PASSWORD in the environment)
+
+# One table per host. Relative paths are taken from this file's folder.
+[hosts.app1]
+connect = "local"
+guest_config = "/etc/cleancut/guest.toml"
+"""
+
+GUEST_SAMPLE = """\
+# cleancut guest config: what exists on this host. Must be owned by root, mode 600 or 644,
+# in folders nobody else can write to: hooks run as root.
+
+# Where local snapshots wait for their upload (must not be on a frozen file system).
+staging = "/var/lib/cleancut/staging"
+# allow_root_freeze = false   # never freeze "/" unless you really mean it
+
+[volumes.orders]
+path = "/srv/orders"          # the mount point (or directory) whose contents are captured
+snapshot = "image"            # image | copy | btrfs | reflink
+# the disk image backing this mount (found from its loop device when omitted):
+# image = "/datastore/orders.img"
+# fsfreeze its file system (default for image and copy; never with btrfs/reflink)
+freeze = true
+
+[databases.orders]
+kind = "sqlite"
+path = "/srv/orders/orders.db"
+volume = "orders"
+
+# [[hooks]]
+# name = "app-quiesce"
+# pre = ["/etc/cleancut/hooks/pre.sh", "--flush"]   # argv list, absolute path, no shell
+# post = ["/etc/cleancut/hooks/post.sh"]
+# timeout = "30s"
+# retries = 0
+# continue_on_failure = false
+# sha256 = { pre = "<64 hex digits>", post = "<64 hex digits>" }
+
+# Existing hook setups, used unchanged:
+# [hooks_import]
+# azure = "/etc/azure/VMSnapshotScriptPluginConfig.json"
+# gcp = "/etc/google/snapshots"            # pre.sh / post.sh
+# qemu_ga = "/etc/qemu/fsfreeze-hook.d"    # called with freeze / thaw
+"""

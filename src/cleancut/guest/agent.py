@@ -1,0 +1,141 @@
+"""The guest agent: serves the cut protocol as JSON lines on stdin/stdout.
+
+A reader thread owns stdin. When it reaches end-of-file (the coordinator died, the SSH
+connection was cut) it tells the watchdog at once, which thaws any frozen file system
+without waiting for the main thread, and the main loop then releases everything. Stderr
+carries diagnostics only; nothing is logged to disk.
+"""
+
+from __future__ import annotations
+
+import queue
+import sys
+import threading
+import time
+import traceback
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from cleancut import __version__, protocol
+from cleancut.config.load import load_guest
+from cleancut.errors import CleancutError, ProtocolError
+from cleancut.guest.security import check_config_file
+from cleancut.guest.session import GuestSession
+from cleancut.mover.base import RepositoryAccess
+
+_EOF = object()
+
+
+class GuestAgent:
+    """Answers one coordinator's requests for one recovery point, then exits."""
+
+    def __init__(self, config_path: Path, stdin: BinaryIO, stdout: BinaryIO) -> None:
+        self.config_path = config_path
+        self._stdin = stdin
+        self._stdout = stdout
+        self._write_lock = threading.Lock()
+        self._inbox: queue.Queue[object] = queue.Queue()
+        self.session: GuestSession | None = None
+
+    def send(self, message: dict[str, Any]) -> None:
+        data = protocol.encode(message)
+        with self._write_lock:
+            self._stdout.write(data)
+            self._stdout.flush()
+
+    def emit(self, name: str, data: dict[str, Any]) -> None:
+        self.send(protocol.event(name, data))
+
+    def _read_stdin(self) -> None:
+        try:
+            for line in iter(self._stdin.readline, b""):
+                if line.strip():
+                    self._inbox.put(line)
+        except (OSError, ValueError):
+            pass
+        session = self.session
+        if session is not None and session.watchdog is not None:
+            session.watchdog.input_closed()
+        self._inbox.put(_EOF)
+
+    def serve(self) -> int:
+        """Answer requests until ``bye`` or end of input; always releases on the way out."""
+        threading.Thread(target=self._read_stdin, name="stdin", daemon=True).start()
+        try:
+            while True:
+                item = self._inbox.get()
+                if item is _EOF:
+                    return 0
+                assert isinstance(item, bytes)
+                if not self._handle(item):
+                    return 0
+        finally:
+            if self.session is not None:
+                self.session.release()
+
+    def _handle(self, line: bytes) -> bool:
+        ident: int | None = None
+        try:
+            message = protocol.decode(line)
+            ident = message.get("id")
+            op = message.get("op")
+            if not isinstance(ident, int) or op not in protocol.OPERATIONS:
+                raise ProtocolError(f"unknown operation {op!r}")
+            result = self._dispatch(op, message.get("args") or {})
+        except CleancutError as exc:
+            self.send(protocol.failure(ident, type(exc).__name__, exc.message))
+            return True
+        except Exception as exc:  # a bug must not leave a freeze behind: report it, go on
+            traceback.print_exc(file=sys.stderr)
+            self.send(protocol.failure(ident, "InternalError", f"{type(exc).__name__}: {exc}"))
+            return True
+        self.send(protocol.reply(ident, result))
+        return bool(op != "bye")
+
+    def _dispatch(self, op: str, args: dict[str, Any]) -> dict[str, Any]:
+        if op == "hello":
+            return self._hello(args)
+        if op == "bye":
+            return {}
+        session = self.session
+        if session is None:
+            raise ProtocolError(f"{op!r} before hello")
+        if op == "plan":
+            return session.plan(args["repository"], args["app"], args["host"])
+        if op == "prepare":
+            return session.prepare()
+        if op == "freeze":
+            return session.freeze()
+        if op == "snapshot":
+            return session.snapshot()
+        if op == "thaw":
+            return session.thaw()
+        if op == "upload":
+            repo = args["repository"]
+            access = RepositoryAccess(repo["url"], repo["password"])
+            return session.upload(access, args["app"], args["host"], self.emit)
+        return session.release()
+
+    def _hello(self, args: dict[str, Any]) -> dict[str, Any]:
+        if args.get("protocol") != protocol.PROTOCOL_VERSION:
+            raise ProtocolError(
+                f"coordinator speaks protocol {args.get('protocol')!r}, this guest "
+                f"{protocol.PROTOCOL_VERSION}; install the same cleancut version everywhere"
+            )
+        if self.session is not None:
+            raise ProtocolError("hello sent twice")
+        check_config_file(self.config_path)
+        config = load_guest(self.config_path)
+        self.session = GuestSession(config, self.config_path)
+        inventory = self.session.hello(str(args["rp_id"]), float(args["freeze_timeout"]))
+        return {
+            "version": __version__,
+            "protocol": protocol.PROTOCOL_VERSION,
+            "time": time.time(),
+            "inventory": inventory,
+        }
+
+
+def run_agent(config_path: Path) -> int:
+    """Serve the protocol on this process's stdin/stdout."""
+    return GuestAgent(config_path, sys.stdin.buffer, sys.stdout.buffer).serve()

@@ -1,0 +1,363 @@
+"""One cut as the guest sees it: the phases over the volumes, databases and hooks it declared.
+
+The coordinator can only ask for the next phase; everything that runs comes from the
+host's own guest config. ``release()`` is the one way out and runs on every path: it thaws
+what is frozen, runs the post-scripts whose pre-script ran, ends the writers' holds and
+deletes local snapshots.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cleancut.config.guest import GuestConfig
+from cleancut.errors import CleancutError, ProtocolError
+from cleancut.guest.freezer import Freezer
+from cleancut.guest.hooks import HookSpec, collect_hooks, run_hook
+from cleancut.guest.security import open_trusted
+from cleancut.guest.watchdog import ThawSentinel, Watchdog
+from cleancut.manifest import HookRun
+from cleancut.mover.base import RepositoryAccess
+from cleancut.mover.restic import ResticMover
+from cleancut.providers import make_provider
+from cleancut.providers.base import Provider, Snapshot
+from cleancut.writers import Writer, make_writer
+
+Emit = Callable[[str, dict[str, Any]], None]
+
+# The phase each operation may follow; release and bye are allowed from anywhere.
+_AFTER = {
+    "prepare": {"hello"},
+    "freeze": {"prepare"},
+    "snapshot": {"freeze"},
+    "thaw": {"snapshot", "freeze"},
+    "upload": {"thaw"},
+}
+
+
+@dataclass
+class _WriterState:
+    writer: Writer
+    volume: str
+    kind: str
+    ok: bool = True
+    error: str | None = None
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+class GuestSession:
+    """The guest's side of one recovery point."""
+
+    def __init__(self, config: GuestConfig, config_path: Path) -> None:
+        self.config = config
+        self.config_path = config_path
+        self.phase = "new"
+        self.rp_id = ""
+        self.freeze_timeout = 10.0
+        self.hooks: list[HookSpec] = []
+        self.providers: dict[str, Provider] = {}
+        self.writers: dict[str, _WriterState] = {}
+        self.freezer: Freezer | None = None
+        self.watchdog: Watchdog | None = None
+        self.sentinel: ThawSentinel | None = None
+        self.snapshots: dict[str, Snapshot] = {}
+        self.pre_ran: set[str] = set()
+        self.post_ran: set[str] = set()
+        self.frozen_at: float | None = None
+        self.freeze_error: str | None = None
+
+    # -- phase bookkeeping -------------------------------------------------------------
+
+    def enter(self, op: str) -> None:
+        """Refuse an operation out of order, so a confused coordinator cannot skip the thaw."""
+        allowed = _AFTER.get(op)
+        if allowed is not None and self.phase not in allowed:
+            raise ProtocolError(f"operation {op!r} is not allowed after {self.phase!r}")
+
+    @property
+    def freeze_enabled(self) -> bool:
+        return all(spec.freeze for spec in self.hooks)
+
+    def _freeze_paths(self) -> list[Path]:
+        if not self.freeze_enabled:
+            return []
+        return [v.path for v in self.config.volumes.values() if v.frozen]
+
+    # -- hello -------------------------------------------------------------------------
+
+    def hello(self, rp_id: str, freeze_timeout: float) -> dict[str, Any]:
+        """Check everything that can be checked without touching anything; report inventory."""
+        self.rp_id = rp_id
+        self.freeze_timeout = freeze_timeout
+        self.hooks = collect_hooks(self.config)
+        for spec in self.hooks:
+            for argv, pin in ((spec.pre, spec.pre_sha256), (spec.post, spec.post_sha256)):
+                if argv is not None:
+                    with open_trusted(Path(argv[0]), sha256=pin):
+                        pass
+        staging = self.config.staging
+        for name, volume in self.config.volumes.items():
+            provider = make_provider(name, volume, staging)
+            provider.check()
+            self.providers[name] = provider
+        databases: dict[str, Any] = {}
+        for name, database in self.config.databases.items():
+            writer = make_writer(name, database)
+            self.writers[name] = _WriterState(writer, database.volume, database.kind)
+            databases[name] = {"kind": database.kind, "volume": database.volume, **writer.check()}
+        self.freezer = Freezer(self._freeze_paths(), allow_root=self.config.allow_root_freeze)
+        self.phase = "hello"
+        return {
+            "volumes": {
+                name: {
+                    "path": str(volume.path),
+                    "provider": volume.snapshot,
+                    "freeze": volume.frozen and self.freeze_enabled,
+                    "unheld_level": self.providers[name].unheld_level,
+                    **self.providers[name].describe(),
+                }
+                for name, volume in self.config.volumes.items()
+            },
+            "databases": databases,
+            "hooks": [
+                {"name": s.name, "source": s.source, "pre": s.pre, "post": s.post}
+                for s in self.hooks
+            ],
+            "freeze_enabled": self.freeze_enabled,
+        }
+
+    # -- prepare -----------------------------------------------------------------------
+
+    def prepare(self) -> dict[str, Any]:
+        """Pre-scripts, then the writers' slow preparation, then the providers' set-up."""
+        self.enter("prepare")
+        runs = []
+        for spec in self.hooks:
+            if spec.pre is None:
+                continue
+            self.pre_ran.add(spec.name)
+            run = run_hook(spec, "pre", env_extra={"CLEANCUT_RP": self.rp_id})
+            run = run.model_copy(update={"continue_on_failure": spec.continue_on_failure})
+            runs.append(run)
+            if not run.ok and not spec.continue_on_failure:
+                break
+        for state in self.writers.values():
+            self._writer_step(state, state.writer.prepare)
+        for provider in self.providers.values():
+            provider.prepare(self.rp_id)
+        self.phase = "prepare"
+        return {"hooks": [_dump(run) for run in runs], "writers": self._writer_report()}
+
+    def _writer_step(self, state: _WriterState, step: Callable[[], Any]) -> None:
+        if not state.ok:
+            return
+        try:
+            result = step()
+        except CleancutError as exc:
+            state.ok, state.error = False, exc.message
+            return
+        if isinstance(result, dict):
+            state.details.update(result)
+
+    def _writer_report(self) -> dict[str, Any]:
+        return {
+            name: {
+                "kind": s.kind,
+                "volume": s.volume,
+                "ok": s.ok,
+                "error": s.error,
+                "details": s.details,
+            }
+            for name, s in self.writers.items()
+        }
+
+    # -- freeze / snapshot / thaw ------------------------------------------------------
+
+    def freeze(self) -> dict[str, Any]:
+        """Writers take their holds, then the file systems freeze; the watchdog is armed."""
+        self.enter("freeze")
+        for state in self.writers.values():
+            self._writer_step(state, state.writer.hold)
+        assert self.freezer is not None
+        mounts: list[str] = []
+        try:
+            self.freezer.open()
+            mounts = [str(m.mount_point) for m in self.freezer.mounts]
+            if mounts:
+                freezer = self.freezer
+                self.watchdog = Watchdog(lambda _reason: _thaw_quietly(freezer))
+                self.sentinel = freezer.sentinel(self.freeze_timeout)
+                self.sentinel.start()
+                self.frozen_at = freezer.freeze()
+                self.watchdog.arm(self.freeze_timeout)
+            else:
+                self.frozen_at = time.time()
+        except CleancutError as exc:
+            self.freeze_error = exc.message
+            self.frozen_at = time.time()
+            mounts = []
+        self.phase = "freeze"
+        return {
+            "frozen_at": self.frozen_at,
+            "mounts": mounts,
+            "freeze_error": self.freeze_error,
+            "writers": self._writer_report(),
+        }
+
+    def snapshot(self) -> dict[str, Any]:
+        """Every provider makes its point-in-time image (inside the freeze: no disk I/O here)."""
+        self.enter("snapshot")
+        errors: dict[str, str] = {}
+        for name, provider in self.providers.items():
+            try:
+                self.snapshots[name] = provider.snapshot()
+            except CleancutError as exc:
+                errors[name] = exc.message
+        self.phase = "snapshot"
+        fired = self.watchdog.fired if self.watchdog else None
+        return {
+            "snapshots": {
+                name: {
+                    "taken_at": s.taken_at,
+                    "seconds": s.seconds,
+                    "layout": s.layout,
+                    "details": s.details,
+                }
+                for name, s in self.snapshots.items()
+            },
+            "errors": errors,
+            "self_thawed": fired,
+            "self_thawed_at": self._self_thawed_at(fired),
+        }
+
+    def thaw(self) -> dict[str, Any]:
+        """Thaw in reverse order, end the writers' holds, run the post-scripts."""
+        self.enter("thaw")
+        thaw_started_at = time.time()
+        fired = self._thaw()
+        thawed_at = time.time()
+        for state in self.writers.values():
+            self._writer_step(state, state.writer.release)
+        runs = self._run_posts()
+        self.phase = "thaw"
+        return {
+            "thaw_started_at": thaw_started_at,
+            "thawed_at": thawed_at,
+            "self_thawed": fired,
+            "self_thawed_at": self._self_thawed_at(fired),
+            "writers": self._writer_report(),
+            "hooks": [_dump(run) for run in runs],
+        }
+
+    def _self_thawed_at(self, fired: str | None) -> float | None:
+        """When the watchdog thawed (the freezer's thaw time), if it did."""
+        if fired is None or self.freezer is None:
+            return None
+        return self.freezer.thawed_at
+
+    def _thaw(self) -> str | None:
+        fired = None
+        if self.watchdog is not None:
+            self.watchdog.disarm()
+            fired = self.watchdog.fired
+        if self.freezer is not None:
+            self.freezer.thaw()
+        if self.sentinel is not None:
+            self.sentinel.finish()
+            self.sentinel = None
+        return fired
+
+    def _run_posts(self) -> list[HookRun]:
+        """Post-scripts of every hook whose pre-script ran, and of post-only hooks."""
+        runs = []
+        for spec in reversed(self.hooks):
+            if spec.post is None or spec.name in self.post_ran:
+                continue
+            if spec.pre is not None and spec.name not in self.pre_ran:
+                continue
+            self.post_ran.add(spec.name)
+            runs.append(run_hook(spec, "post", env_extra={"CLEANCUT_RP": self.rp_id}))
+        return runs
+
+    # -- upload / release --------------------------------------------------------------
+
+    def upload(self, access: RepositoryAccess, app: str, host: str, emit: Emit) -> dict[str, Any]:
+        """Each snapshot into the repository, tagged with application, RP, host and resource."""
+        self.enter("upload")
+        mover = ResticMover(access)
+        uploads: dict[str, Any] = {}
+        for name, snap in self.snapshots.items():
+            source = snap.path
+
+            def progress(figures: dict[str, Any], resource: str = name) -> None:
+                emit("progress", {"resource": resource, **figures})
+
+            tags = {"cleancut": "", "app": app, "rp": self.rp_id, "host": host, "resource": name}
+            result = mover.backup(source, host=host, tags=tags, progress=progress)
+            uploads[name] = {
+                "snapshot_id": result.snapshot_id,
+                "bytes_processed": result.bytes_processed,
+                "bytes_added": result.bytes_added,
+                "files": result.files,
+                "seconds": result.seconds,
+            }
+        self.phase = "upload"
+        return {"uploads": uploads}
+
+    def plan(self, access_url: str, app: str, host: str) -> dict[str, Any]:
+        """The steps a cut would run here, including every restic command; touches nothing."""
+        steps: list[str] = []
+        for spec in self.hooks:
+            if spec.pre:
+                steps.append(f"prepare: run pre-script {spec.name} ({spec.source}): {spec.pre}")
+        for name, state in self.writers.items():
+            steps.append(f"prepare: {state.kind} writer {name}: checkpoint")
+        for name, state in self.writers.items():
+            steps.append(f"freeze: {state.kind} writer {name}: hold writes")
+        assert self.freezer is not None
+        for wave in self.freezer.plan:
+            names = ", ".join(str(m.mount_point) for m in wave)
+            steps.append(f"freeze: FIFREEZE {names} (in parallel)")
+        for name, provider in self.providers.items():
+            steps.append(f"snapshot: {provider.kind} snapshot of volume {name}")
+        steps.append("thaw: FITHAW in reverse order; writers release; post-scripts")
+        mover = ResticMover(RepositoryAccess(access_url, ""))
+        for name, volume in self.config.volumes.items():
+            tags = {"cleancut": "", "app": app, "rp": self.rp_id, "host": host, "resource": name}
+            argv = mover.describe_backup(volume.path, host=host, tags=tags)
+            steps.append(f"upload: volume {name}: {' '.join(argv)}")
+        return {"steps": steps}
+
+    def release(self) -> dict[str, Any]:
+        """Thaw, run pending post-scripts, end holds, delete local snapshots. Never raises."""
+        fired = self._thaw()
+        runs = self._run_posts()
+        for state in self.writers.values():
+            state.writer.close()
+        errors: list[str] = []
+        for provider in self.providers.values():
+            try:
+                provider.release()
+            except CleancutError as exc:
+                errors.append(exc.message)
+        if self.freezer is not None:
+            self.freezer.close()
+        if self.watchdog is not None:
+            self.watchdog.close()
+        self.phase = "released"
+        return {"self_thawed": fired, "hooks": [_dump(r) for r in runs], "errors": errors}
+
+
+def _thaw_quietly(freezer: Freezer) -> None:
+    """The watchdog's thaw: a failure is reported by the later explicit thaw, not here."""
+    with contextlib.suppress(CleancutError):
+        freezer.thaw()
+
+
+def _dump(run: HookRun) -> dict[str, Any]:
+    return run.model_dump(mode="json")

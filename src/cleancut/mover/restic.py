@@ -1,0 +1,406 @@
+"""The restic mover: snapshots into an encrypted, deduplicated restic repository and back.
+
+Written against restic 0.14 (Debian 12), so it uses no flag newer than that: ``backup``
+reports JSON progress, ``restore`` does not (0.14 prints plain text for it), and restic
+fails at once on a locked repository (``--retry-lock`` came later).
+
+Secrets stay off command lines: the password reaches restic only through the child's
+environment (``RESTIC_PASSWORD``), and the child's environment is built from scratch, so
+a ``RESTIC_PASSWORD_FILE`` or ``RESTIC_REPOSITORY`` of the caller cannot redirect it.
+restic never inherits our stdin or stdout: the guest agent speaks its protocol on them.
+
+Snapshot ids are restic's short ids (8 hex digits), the form restic's own backup summary
+reports; every restic command accepts them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import signal
+import subprocess
+import threading
+from collections import deque
+from collections.abc import Callable, Iterable, Mapping
+from datetime import datetime
+from pathlib import Path
+from typing import IO, Any, NoReturn
+
+from cleancut.errors import MoverError
+from cleancut.mover.base import (
+    Mover,
+    ProgressCallback,
+    RepositoryAccess,
+    StoredSnapshot,
+    Upload,
+)
+
+_STDERR_LINES = 200
+_MESSAGE_LINES = 6
+_NO_REPOSITORY = ("does not exist", "no such file or directory", "is there a repository")
+_INSTALL_HINT = "run `make setup`, or `apt-get install restic`"
+
+
+def render_tags(tags: Mapping[str, str]) -> str:
+    """``{"app": "shop", "cleancut-manifest": ""}`` as restic's ``app=shop,cleancut-manifest``.
+
+    An empty value renders as the bare key. Keys must be non-empty and free of ``=``;
+    neither keys nor values may hold a comma (restic's tag separator).
+    """
+    rendered = []
+    for key, value in tags.items():
+        if not key or "=" in key or "," in key or key != key.strip():
+            raise ValueError(
+                f"restic tag key {key!r} is invalid: use a non-empty name without '=' or ','"
+            )
+        if "," in value:
+            raise ValueError(f"restic tag {key}={value!r} is invalid: a value cannot contain ','")
+        rendered.append(f"{key}={value}" if value else key)
+    return ",".join(rendered)
+
+
+def parse_tags(tags: Iterable[str]) -> dict[str, str]:
+    """restic's tag list back into a dict; a tag without ``=`` maps to ``""``."""
+    parsed: dict[str, str] = {}
+    for tag in tags:
+        key, _, value = tag.partition("=")
+        parsed[key] = value
+    return parsed
+
+
+def redact_url(url: str) -> str:
+    """The repository URL with any ``user:password@`` password masked, for messages."""
+    return re.sub(r"(://[^/@:]*):[^/@]*@", r"\1:***@", url)
+
+
+class ResticMover(Mover):
+    """Moves snapshots into a restic repository and back, by running the restic binary."""
+
+    def __init__(
+        self,
+        access: RepositoryAccess,
+        *,
+        restic: str = "restic",
+        cache_dir: Path | None = None,
+        extra_env: Mapping[str, str] | None = None,
+    ) -> None:
+        """``extra_env`` carries a backend's own credentials (``AWS_*``, ``AZURE_*``, ...)."""
+        self.access = access
+        self.restic = restic
+        self.cache_dir = cache_dir
+        self.extra_env = dict(extra_env or {})
+
+    # -- commands -------------------------------------------------------------------
+
+    def describe_backup(self, source: Path, host: str, tags: Mapping[str, str]) -> list[str]:
+        """The argv :meth:`backup` would run (for ``--dry-run``); it runs in :meth:`backup_cwd`.
+
+        It holds no password; a password inside the repository URL is masked.
+        """
+        argv, _ = self._backup_argv(source, host, tags)
+        argv[2] = redact_url(argv[2])
+        return argv
+
+    def preview_backup(self, source: Path, host: str, tags: Mapping[str, str]) -> str:
+        """:meth:`describe_backup` as one shell line that includes the working directory."""
+        cwd = shlex.quote(str(self.backup_cwd(source)))
+        return f"cd {cwd} && {shlex.join(self.describe_backup(source, host, tags))}"
+
+    @staticmethod
+    def backup_cwd(source: Path) -> Path:
+        """Where restic runs: in the tree itself, or beside a single file (a disk image)."""
+        return source if source.is_dir() else source.parent
+
+    def ensure_repository(self) -> bool:
+        """Initialise the repository unless it exists; True if it was created.
+
+        A wrong password is an error, never a reason to initialise.
+        """
+        argv = [*self._base(), "cat", "config"]
+        returncode, _, stderr = self._call(argv)
+        if returncode == 0:
+            return False
+        message = _restic_message(stderr).lower()
+        if "wrong password" in message or not any(s in message for s in _NO_REPOSITORY):
+            self._raise(argv, returncode, stderr)
+        self._run([*self._base(), "init"])
+        return True
+
+    def backup(
+        self,
+        source: Path,
+        *,
+        host: str,
+        tags: dict[str, str],
+        progress: ProgressCallback | None = None,
+    ) -> Upload:
+        """Back up a tree (stored from its root) or one file (stored under its name)."""
+        argv, cwd = self._backup_argv(source, host, tags)
+        reader = _BackupOutput(progress)
+        returncode, stderr = self._stream(argv, cwd, reader.line)
+        if returncode != 0:
+            self._raise(argv, returncode, stderr, reader.summary)
+        return reader.upload(self._show(argv))
+
+    def backup_bytes(
+        self, data: bytes, filename: str, *, host: str, tags: dict[str, str]
+    ) -> Upload:
+        """Store ``data`` as the one file ``/filename`` of a new snapshot."""
+        argv = [*self._base(), "backup", "--json", "--host", host]
+        argv += [*self._tag_args(tags), "--stdin", "--stdin-filename", filename]
+        reader = _BackupOutput(None)
+        for line in self._run(argv, data=data).splitlines():
+            reader.line(line)
+        return reader.upload(self._show(argv))
+
+    def find(self, tags: dict[str, str]) -> list[StoredSnapshot]:
+        """The snapshots carrying all of ``tags`` (all snapshots for ``{}``), oldest first."""
+        argv = [*self._base(), "snapshots", "--json", *self._tag_args(tags)]
+        output = self._run(argv)
+        try:
+            records = json.loads(output) or []
+            found = [_stored_snapshot(record) for record in records]
+        except (ValueError, KeyError, TypeError) as exc:
+            raise MoverError(
+                f"could not read restic's snapshot list ({exc}); command: {self._show(argv)}"
+            ) from exc
+        return sorted(found, key=lambda snapshot: snapshot.time)
+
+    def read_file(self, snapshot_id: str, filename: str) -> bytes:
+        """The contents of ``filename`` (relative to the snapshot's root) in one snapshot."""
+        path = filename if filename.startswith("/") else f"/{filename}"
+        return self._run([*self._base(), "dump", snapshot_id, path])
+
+    def restore(
+        self, snapshot_id: str, target: Path, *, progress: ProgressCallback | None = None
+    ) -> None:
+        """Restore a snapshot into ``target``, which must be empty or not exist yet.
+
+        restic 0.14 reports no progress for a restore, so ``progress`` is never called.
+        """
+        if target.exists() and (not target.is_dir() or any(target.iterdir())):
+            raise MoverError(
+                f"restore target {target} is not an empty directory: "
+                "choose a new or empty directory to restore snapshot "
+                f"{snapshot_id} into"
+            )
+        self._run([*self._base(), "restore", snapshot_id, "--target", str(target)])
+
+    # -- plumbing -------------------------------------------------------------------
+
+    def _base(self) -> list[str]:
+        argv = [self.restic, "-r", self.access.url]
+        if self.cache_dir is not None:
+            argv += ["--cache-dir", str(self.cache_dir)]
+        return argv
+
+    def _tag_args(self, tags: Mapping[str, str]) -> list[str]:
+        return ["--tag", render_tags(tags)] if tags else []
+
+    def _backup_argv(
+        self, source: Path, host: str, tags: Mapping[str, str]
+    ) -> tuple[list[str], Path]:
+        argv = [*self._base(), "backup", "--json", "--host", host, *self._tag_args(tags)]
+        argv.append("." if source.is_dir() else source.name)
+        return argv, self.backup_cwd(source)
+
+    def _env(self) -> dict[str, str]:
+        if not self.access.password:
+            raise MoverError(f"the repository {self._url()} has an empty password: set one")
+        env = {
+            "PATH": os.environ.get("PATH", os.defpath),
+            "HOME": os.environ.get("HOME", "/root"),
+        }
+        if "TMPDIR" in os.environ:
+            env["TMPDIR"] = os.environ["TMPDIR"]
+        env.update(self.extra_env)
+        env["RESTIC_PASSWORD"] = self.access.password
+        return env
+
+    def _spawn(self, argv: list[str], cwd: Path | None, stdin: int) -> subprocess.Popen[bytes]:
+        try:
+            return subprocess.Popen(
+                argv,
+                cwd=cwd,
+                env=self._env(),
+                stdin=stdin,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+            )
+        except FileNotFoundError as exc:
+            if cwd is not None and not cwd.is_dir():
+                raise MoverError(f"cannot back up from {cwd}: no such directory") from exc
+            raise MoverError(f"restic not found (tried {self.restic!r}): {_INSTALL_HINT}") from exc
+        except OSError as exc:
+            raise MoverError(f"cannot start restic ({self.restic!r}): {exc}") from exc
+
+    def _call(
+        self, argv: list[str], *, data: bytes | None = None, cwd: Path | None = None
+    ) -> tuple[int, bytes, bytes]:
+        stdin = subprocess.PIPE if data is not None else subprocess.DEVNULL
+        with self._spawn(argv, cwd, stdin) as proc:
+            stdout, stderr = proc.communicate(data)
+        return proc.returncode, stdout, stderr
+
+    def _run(self, argv: list[str], *, data: bytes | None = None) -> bytes:
+        returncode, stdout, stderr = self._call(argv, data=data)
+        if returncode != 0:
+            self._raise(argv, returncode, stderr)
+        return stdout
+
+    def _stream(
+        self, argv: list[str], cwd: Path, on_line: Callable[[bytes], None]
+    ) -> tuple[int, bytes]:
+        """Run restic, handing each stdout line to ``on_line`` as it comes."""
+        tail: deque[bytes] = deque(maxlen=_STDERR_LINES)
+        with self._spawn(argv, cwd, subprocess.DEVNULL) as proc:
+            assert proc.stdout is not None and proc.stderr is not None
+            drain = threading.Thread(target=_drain, args=(proc.stderr, tail), daemon=True)
+            drain.start()
+            try:
+                for line in proc.stdout:
+                    on_line(line)
+            except BaseException:
+                _interrupt(proc)
+                raise
+            finally:
+                proc.wait()
+                drain.join()
+        return proc.returncode, b"".join(tail)
+
+    def _raise(
+        self,
+        argv: list[str],
+        returncode: int,
+        stderr: bytes,
+        summary: Mapping[str, Any] | None = None,
+    ) -> NoReturn:
+        message = _restic_message(stderr) or f"exit status {returncode}, no message"
+        command = self._show(argv)
+        lowered = message.lower()
+        if "repository is already locked" in lowered:
+            raise MoverError(
+                f"the repository {self._url()} is locked by another restic process: {message}. "
+                "Wait for it to finish; if it is gone, remove the stale lock with "
+                f"`restic -r {self._url()} unlock` (command: {command})"
+            )
+        if "wrong password" in lowered:
+            raise MoverError(
+                f"wrong password for the repository {self._url()}: restic says {message!r}; "
+                f"check the repository password in the configuration (command: {command})"
+            )
+        if returncode == 3 and summary is not None:
+            message = (
+                f"some source files could not be read, snapshot {summary.get('snapshot_id')} "
+                f"is incomplete: {message}"
+            )
+        raise MoverError(f"restic failed (exit {returncode}): {message} (command: {command})")
+
+    def _url(self) -> str:
+        return redact_url(self.access.url)
+
+    def _show(self, argv: list[str]) -> str:
+        shown = list(argv)
+        shown[2] = self._url()
+        return shlex.join(shown)
+
+
+class _BackupOutput:
+    """Reads ``restic backup --json`` lines: status into progress calls, the summary kept."""
+
+    def __init__(self, progress: ProgressCallback | None) -> None:
+        self.progress = progress
+        self.summary: dict[str, Any] | None = None
+
+    def line(self, raw: bytes) -> None:
+        try:
+            message = json.loads(raw)
+        except ValueError:
+            return  # restic prints the odd plain-text line even in JSON mode
+        if not isinstance(message, dict):
+            return
+        kind = message.get("message_type")
+        if kind == "summary":
+            self.summary = message
+            self._report(_final_progress(message))
+        elif kind == "status":
+            self._report(_status_progress(message))
+
+    def _report(self, figures: dict[str, Any]) -> None:
+        if self.progress is not None:
+            self.progress(figures)
+
+    def upload(self, command: str) -> Upload:
+        summary = self.summary
+        if summary is None or not summary.get("snapshot_id"):
+            raise MoverError(f"restic backup reported no snapshot id (command: {command})")
+        return Upload(
+            snapshot_id=str(summary["snapshot_id"]),
+            bytes_processed=int(summary.get("total_bytes_processed", 0)),
+            bytes_added=int(summary.get("data_added", 0)),
+            files=int(summary.get("total_files_processed", 0)),
+            seconds=float(summary.get("total_duration", 0.0)),
+        )
+
+
+def _status_progress(status: Mapping[str, Any]) -> dict[str, Any]:
+    return {
+        "percent": 100.0 * float(status.get("percent_done", 0.0)),
+        "bytes_done": int(status.get("bytes_done", 0)),
+        "total_bytes": int(status.get("total_bytes", 0)),
+        "files_done": int(status.get("files_done", 0)),
+        "total_files": int(status.get("total_files", 0)),
+        "seconds": float(status.get("seconds_elapsed", 0.0)),
+        "done": False,
+    }
+
+
+def _final_progress(summary: Mapping[str, Any]) -> dict[str, Any]:
+    processed = int(summary.get("total_bytes_processed", 0))
+    files = int(summary.get("total_files_processed", 0))
+    return {
+        "percent": 100.0,
+        "bytes_done": processed,
+        "total_bytes": processed,
+        "files_done": files,
+        "total_files": files,
+        "seconds": float(summary.get("total_duration", 0.0)),
+        "bytes_added": int(summary.get("data_added", 0)),
+        "snapshot_id": summary.get("snapshot_id"),
+        "done": True,
+    }
+
+
+def _stored_snapshot(record: Mapping[str, Any]) -> StoredSnapshot:
+    return StoredSnapshot(
+        snapshot_id=str(record.get("short_id") or str(record["id"])[:8]),
+        time=datetime.fromisoformat(record["time"]),
+        host=str(record.get("hostname", "")),
+        tags=parse_tags(record.get("tags") or []),
+        paths=list(record.get("paths") or []),
+    )
+
+
+def _drain(stream: IO[bytes], tail: deque[bytes]) -> None:
+    for line in stream:
+        tail.append(line)
+
+
+def _interrupt(proc: subprocess.Popen[bytes]) -> None:
+    """Stop restic so that it removes its lock (SIGINT), killing it if it does not stop."""
+    proc.send_signal(signal.SIGINT)
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+def _restic_message(stderr: bytes) -> str:
+    """restic's own message: the last meaningful stderr lines, on one line."""
+    lines = [line.strip() for line in stderr.decode(errors="replace").splitlines()]
+    kept = [line for line in lines if line and not line.startswith("reading repository password")]
+    locked = [i for i, line in enumerate(kept) if "already locked" in line]
+    start = locked[-1] if locked else max(0, len(kept) - _MESSAGE_LINES)
+    return "; ".join(kept[start : start + _MESSAGE_LINES])

@@ -1,0 +1,225 @@
+"""Restoring a recovery point: every resource under ``DIR/<host>/``, then checks.
+
+An ``image`` volume comes back as its disk image ``DIR/<host>/<volume>.img``; with
+``extract`` its files also come back in ``DIR/<host>/<volume>/`` (the image is attached
+read-only and copied out), which is what file-level recovery and the database checks need.
+A tree volume comes back as ``DIR/<host>/<volume>/``. The file system of every image is
+checked (``e2fsck -fn`` / ``xfs_repair -n``) and every SQLite database found in the
+restored files must pass ``PRAGMA integrity_check``.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sqlite3
+import subprocess
+import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cleancut.errors import CleancutError, RestoreRefused
+from cleancut.manifest import Manifest, Member
+from cleancut.mover.base import Mover, ProgressCallback
+
+_FSCK = {
+    "ext4": ["e2fsck", "-f", "-n"],
+    "ext3": ["e2fsck", "-f", "-n"],
+    "ext2": ["e2fsck", "-f", "-n"],
+    "xfs": ["xfs_repair", "-n", "-f"],
+    "btrfs": ["btrfs", "check", "--readonly"],
+}
+# Read-only mounts of a clone: never replay a journal into it, and let XFS mount an image
+# whose UUID equals the live file system's.
+_MOUNT_OPTIONS = {"ext4": "ro,noload", "xfs": "ro,norecovery,nouuid", "btrfs": "ro"}
+
+
+@dataclass
+class RestoredMember:
+    """Where one resource was restored and what the checks said."""
+
+    host: str
+    resource: str
+    path: Path
+    files: Path | None = None
+    fsck_ok: bool | None = None
+    fsck_output: str = ""
+    databases: dict[str, bool] = field(default_factory=dict)
+
+
+@dataclass
+class RestoreReport:
+    """The outcome of restoring one recovery point."""
+
+    rp_id: str
+    target: Path
+    members: list[RestoredMember]
+
+    @property
+    def ok(self) -> bool:
+        return all(m.fsck_ok is not False and all(m.databases.values()) for m in self.members)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "rp": self.rp_id,
+            "target": str(self.target),
+            "ok": self.ok,
+            "members": [
+                {
+                    "host": m.host,
+                    "resource": m.resource,
+                    "path": str(m.path),
+                    "files": str(m.files) if m.files else None,
+                    "fsck_ok": m.fsck_ok,
+                    "databases": m.databases,
+                }
+                for m in self.members
+            ],
+        }
+
+
+def check_target(manifest: Manifest, target: Path, *, in_place: bool) -> None:
+    """Refuse a target that overlaps a live volume, unless ``--in-place`` says so."""
+    target = target.resolve()
+    for member in manifest.members:
+        for live in filter(None, (member.source_path, member.image_path)):
+            live_path = Path(live).resolve()
+            overlaps = live_path == target or live_path.is_relative_to(target)
+            if (overlaps or target.is_relative_to(live_path)) and not in_place:
+                raise RestoreRefused(
+                    f"--to {target} overlaps the live {member.host}/{member.resource} at "
+                    f"{live_path}; restore elsewhere, or pass --in-place to overwrite it"
+                )
+    if target.exists() and any(target.iterdir()) and not in_place:
+        raise RestoreRefused(f"--to {target} is not empty; choose an empty or new folder")
+
+
+def restore_rp(
+    manifest: Manifest,
+    mover: Mover,
+    target: Path,
+    *,
+    extract: bool = False,
+    in_place: bool = False,
+    progress: Callable[[str, dict[str, Any]], None] | None = None,
+) -> RestoreReport:
+    """Every resource of ``manifest`` under ``target``, checked."""
+    check_target(manifest, target, in_place=in_place)
+    target.mkdir(parents=True, exist_ok=True)
+    restored = []
+    for member in manifest.members:
+        if member.repository_snapshot is None:
+            raise CleancutError(f"{member.host}/{member.resource} has no stored snapshot")
+        sink: ProgressCallback | None = None
+        if progress is not None:
+            label = f"{member.host}/{member.resource}"
+
+            def sink(figures: dict[str, Any], label: str = label) -> None:
+                progress(label, figures)
+
+        restored.append(_restore_member(member, mover, target, extract=extract, progress=sink))
+    return RestoreReport(manifest.rp_id, target, restored)
+
+
+def _restore_member(
+    member: Member, mover: Mover, target: Path, *, extract: bool, progress: ProgressCallback | None
+) -> RestoredMember:
+    host_dir = target / member.host
+    host_dir.mkdir(parents=True, exist_ok=True)
+    assert member.repository_snapshot is not None
+    with tempfile.TemporaryDirectory(dir=host_dir, prefix=".restore-") as scratch:
+        mover.restore(member.repository_snapshot, Path(scratch) / "data", progress=progress)
+        data = Path(scratch) / "data"
+        if member.layout == "file":
+            (image,) = [p for p in data.iterdir() if p.is_file()]
+            destination = host_dir / f"{member.resource}.img"
+            os.replace(image, destination)
+        else:
+            destination = host_dir / member.resource
+            if destination.exists():
+                shutil.rmtree(destination)
+            os.replace(data, destination)
+    result = RestoredMember(member.host, member.resource, destination)
+    if member.layout == "file":
+        result.fsck_ok, result.fsck_output = fsck_image(destination, member.fstype)
+        if extract:
+            result.files = host_dir / member.resource
+            extract_image(destination, member.fstype, result.files)
+    else:
+        result.files = destination
+    if result.files is not None:
+        result.databases = check_databases(result.files, member)
+    return result
+
+
+def fsck_image(image: Path, fstype: str | None) -> tuple[bool | None, str]:
+    """Check a restored disk image read-only; None when the file system type is unknown."""
+    command = _FSCK.get(fstype or "")
+    if command is None:
+        return None, f"no checker for file system {fstype!r}"
+    try:
+        done = subprocess.run(
+            [*command, str(image)], capture_output=True, text=True, timeout=600, check=False
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return False, str(exc)
+    return done.returncode == 0, (done.stdout + done.stderr)[-4000:]
+
+
+@contextmanager
+def attached_read_only(image: Path, fstype: str | None) -> Iterator[Path]:
+    """The image attached to a read-only loop device and mounted read-only (needs root)."""
+    if os.geteuid() != 0:
+        raise CleancutError("--extract mounts the restored disk image and needs root")
+    options = _MOUNT_OPTIONS.get(fstype or "", "ro")
+    device = _run(["losetup", "--find", "--show", "--read-only", str(image)]).strip()
+    mount_dir = Path(tempfile.mkdtemp(prefix="cleancut-extract-"))
+    try:
+        _run(["mount", "-o", options, device, str(mount_dir)])
+        try:
+            yield mount_dir
+        finally:
+            _run(["umount", str(mount_dir)])
+    finally:
+        subprocess.run(["losetup", "-d", device], capture_output=True, check=False)
+        mount_dir.rmdir()
+
+
+def extract_image(image: Path, fstype: str | None, destination: Path) -> None:
+    """Copy the files inside a restored disk image to ``destination``."""
+    with attached_read_only(image, fstype) as mounted:
+        shutil.copytree(mounted, destination, symlinks=True, ignore=_skip_lost_found)
+
+
+def _skip_lost_found(directory: str, names: list[str]) -> list[str]:
+    return ["lost+found"] if "lost+found" in names else []
+
+
+def check_databases(files: Path, member: Member) -> dict[str, bool]:
+    """``PRAGMA integrity_check`` on every SQLite database file in the restored tree."""
+    results: dict[str, bool] = {}
+    for path in sorted(files.rglob("*.db")):
+        results[str(path.relative_to(files))] = sqlite_ok(path)
+    return results
+
+
+def sqlite_ok(path: Path) -> bool:
+    """Whether SQLite opens the file (recovering a hot journal) and finds it intact."""
+    try:
+        conn = sqlite3.connect(path)
+        try:
+            return bool(conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok")
+        finally:
+            conn.close()
+    except sqlite3.Error:
+        return False
+
+
+def _run(argv: list[str]) -> str:
+    done = subprocess.run(argv, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise CleancutError(f"{' '.join(argv)} failed: {done.stderr.strip()}")
+    return done.stdout
