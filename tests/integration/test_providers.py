@@ -115,7 +115,7 @@ def test_image_clone_of_a_frozen_ext4_disk(datastore: Datastore, trusted_dir: Pa
                 snap = provider.snapshot()
             (disk.mountpoint / "after.txt").write_text("written after the thaw\n")
 
-            assert snap.path == disk.image.parent / ".cleancut-snapshots" / "rp-1" / "data.img"
+            assert snap.path == disk.image.parent / ".cleancut-snapshots" / "rp-1" / "vm1.img"
             assert snap.layout == "file"
             assert snap.details == {"image": str(disk.image), "fstype": "ext4"}
             assert snap.seconds < 0.5, f"FICLONE of a 128 MiB image took {snap.seconds:.3f} s"

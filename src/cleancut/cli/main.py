@@ -50,7 +50,7 @@ def _root(
 def main() -> None:
     """Run the CLI; map cleancut's errors to their exit codes with a one-line message."""
     try:
-        app()
+        app(prog_name="cleancut")  # also under `python -m cleancut`: usage, completion
     except CleancutError as exc:
         err.print(f"[bold red]error:[/] {escape(exc.message)}")
         sys.exit(exc.exit_code)

@@ -1,16 +1,17 @@
 """Rendering for people and machines: rich tables and progress bars, or JSON lines.
 
-Colour follows rich's rules: none when ``NO_COLOR`` is set or output is not a terminal.
+No colour (nor any other escape code) when ``NO_COLOR`` is set or output is not a terminal.
 Errors and progress go to stderr, results to stdout, so ``--json`` output stays parseable.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, Literal
 
 from rich.console import Console
 from rich.progress import (
@@ -23,8 +24,10 @@ from rich.progress import (
     TransferSpeedColumn,
 )
 
-out = Console(highlight=False, soft_wrap=True)
-err = Console(stderr=True, highlight=False)
+# NO_COLOR (any non-empty value) turns off every escape code: rich alone would still send bold.
+_COLOR_SYSTEM: Literal["auto"] | None = None if os.environ.get("NO_COLOR") else "auto"
+out = Console(highlight=False, soft_wrap=True, color_system=_COLOR_SYSTEM)
+err = Console(stderr=True, highlight=False, soft_wrap=True, color_system=_COLOR_SYSTEM)
 
 
 def emit_json(kind: str, data: dict[str, Any]) -> None:

@@ -78,6 +78,8 @@ def _member(report: HostReport, name: str, verdict: MemberVerdict) -> Member:
 def _timings(report: HostReport) -> HostTimings:
     frozen_at = report.local(report.freeze.get("frozen_at"))
     thawed_at = report.local(report.thaw.get("thawed_at"))
+    if report.self_thawed_at is not None and thawed_at is not None:
+        thawed_at = min(thawed_at, report.self_thawed_at)  # the watchdog ended the stall
     held = bool(report.freeze.get("mounts")) or bool(report.writers())
     stall = thawed_at - frozen_at if held and frozen_at and thawed_at else None
     snapshots = report.snapshot.get("snapshots", {}).values()

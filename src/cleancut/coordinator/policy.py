@@ -138,14 +138,27 @@ def _held(report: HostReport, resource: str) -> tuple[bool, bool, str]:
 
 
 def quiet_window(reports: list[HostReport]) -> tuple[float, float] | None:
-    """``[max frozen_at, min thaw_started_at]`` on the coordinator's clock, or None if empty."""
+    """``[max frozen_at, min thaw_started_at]`` on the coordinator's clock, or None if empty.
+
+    A host that thawed by itself (deadline, lost input) let writes through from that moment,
+    so its window ends there, not when ``thaw`` was sent.
+    """
     starts = [r.local(r.freeze.get("frozen_at")) for r in reports]
-    ends = [r.local(r.thaw.get("thaw_started_at")) for r in reports]
+    ends = [_writes_resumed(r) for r in reports]
     if any(t is None for t in starts + ends):
         return None
     start = max(t for t in starts if t is not None)
     end = min(t for t in ends if t is not None)
     return (start, end) if end >= start else None
+
+
+def _writes_resumed(report: HostReport) -> float | None:
+    """When the host's writes could start again: the thaw, or its own earlier thaw."""
+    thaw = report.local(report.thaw.get("thaw_started_at"))
+    early = report.self_thawed_at
+    if thaw is None or early is None:
+        return thaw
+    return min(thaw, early)
 
 
 def group_consistent(

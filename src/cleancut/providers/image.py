@@ -68,7 +68,8 @@ class ImageProvider(Provider):
 
     def destination(self, image: Path, rp_id: str) -> Path:
         """The clone's path for recovery point ``rp_id``."""
-        return rp_folder(self.clone_root(image), rp_id) / f"{self.name}.img"
+        # named after the image, unique in its folder: two hosts may both call a volume "data"
+        return rp_folder(self.clone_root(image), rp_id) / image.name
 
     def describe(self) -> dict[str, Any]:
         info: dict[str, Any] = {"path": str(self.volume.path)}

@@ -102,12 +102,12 @@ def test_image_clone_goes_beside_the_image_by_default(tmp_path: Path) -> None:
     image = tmp_path / "ds" / "vm1.img"
     provider = ImageProvider("data", Volume(path=tmp_path, image=image), tmp_path / "unused")
     assert provider.destination(image, "rp-1") == (
-        tmp_path / "ds" / ".cleancut-snapshots" / "rp-1" / "data.img"
+        tmp_path / "ds" / ".cleancut-snapshots" / "rp-1" / "vm1.img"
     )
     staged = ImageProvider(
         "data", Volume(path=tmp_path, image=image, staging=tmp_path / "clones"), tmp_path
     )
-    assert staged.destination(image, "rp-1") == tmp_path / "clones" / "rp-1" / "data.img"
+    assert staged.destination(image, "rp-1") == tmp_path / "clones" / "rp-1" / "vm1.img"
 
 
 def test_image_clone_inside_the_volume_file_system_is_refused(tmp_path: Path) -> None:

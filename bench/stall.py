@@ -1,0 +1,318 @@
+"""Write stall of a cut under the demo shop's load: cleancut against a hand-made cut.
+
+The demo's workspace is built (three busy ext4 disk images on an XFS datastore) and the
+shop's load generator runs throughout. Four methods take turns, round after round (the
+order rotating each round), so they all meet the same load:
+
+* cleancut with the shop's hooks and SQLite writers (the demo's "hooks" config);
+* cleancut without application hooks (the demo's "plain" config);
+* a hand-made cut of the same three disks: FIFREEZE each one after another,
+  ``cp --reflink=always`` each disk image, FITHAW each;
+* the same hand-made cut with the three freezes, the three copies and the three thaws
+  each in parallel.
+
+cleancut's stall is the manifest's per-host ``write_stall`` (from every file system frozen
+to every one thawed, on the guest's clock); the hand-made stall runs from the first
+FIFREEZE returning to the last FITHAW returning. Each cleancut cut also uploads its images
+to the demo's restic repository; that is part of the cut's wall time, not of its stall.
+
+The shop writes a receipt file per order, ~150 a second, and a 64 MiB ext4 disk has 16384
+inodes: between rounds the benchmark deletes the oldest receipts (outside every measured
+window) so the receipts disk never runs out.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import os
+import shutil
+import subprocess
+import threading
+import time
+from collections.abc import Callable
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from bench.common import Series, machine_report, ms, require_root, say, table
+from cleancut.config.load import load_app
+from cleancut.coordinator import Coordinator
+from cleancut.coordinator.repository import repository_access
+from cleancut.demo import workspace
+from cleancut.demo.shop import RESOURCES, LoadGenerator, receipt_name
+from cleancut.guest.mounts import loop_backing_file
+from cleancut.mover.restic import ResticMover
+from cleancut.providers.ficlone import filesystem_of
+
+FIFREEZE = 0xC0045877
+FITHAW = 0xC0045878
+
+HOOKS = "cleancut (hooks)"
+PLAIN = "cleancut, no application hook"
+HAND_SEQ = "hand-made cut, one after another"
+HAND_PAR = "hand-made cut, in parallel"
+#: Every row the stall table prints, in order (the smoke test checks each one).
+METHODS = (HOOKS, PLAIN, HAND_SEQ, HAND_PAR)
+
+_CP_TIMEOUT = 60.0
+
+
+@dataclass(frozen=True)
+class ShopDisk:
+    """One of the shop's disks: where it is mounted and the image file behind it."""
+
+    name: str
+    mount_point: Path
+    image: Path
+
+
+def shop_disks(ws: workspace.Workspace) -> list[ShopDisk]:
+    """The three disks of the demo workspace, found from their loop devices."""
+    disks = []
+    for name in RESOURCES:
+        mount = filesystem_of(ws.root / "vm" / "srv" / name)
+        image = loop_backing_file(mount.source, mount.major_minor)
+        if image is None or mount.mount_point == Path("/"):
+            raise RuntimeError(f"{mount.mount_point} is not a loop-mounted disk image")
+        disks.append(ShopDisk(name, mount.mount_point, image))
+    return disks
+
+
+def _ioctl_all(fds: list[int], request: int, parallel: bool) -> list[tuple[float, OSError | None]]:
+    """``ioctl(fd, request)`` on every fd; each one's monotonic return time and error."""
+    results: list[tuple[float, OSError | None]] = [(0.0, None)] * len(fds)
+
+    def one(index: int) -> None:
+        error: OSError | None = None
+        try:
+            fcntl.ioctl(fds[index], request, 0)
+        except OSError as exc:
+            error = exc
+        results[index] = (time.monotonic(), error)
+
+    if not parallel:
+        for index in range(len(fds)):
+            one(index)
+        return results
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(len(fds))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return results
+
+
+def _clone_all(pairs: list[tuple[Path, Path]], parallel: bool) -> None:
+    """``cp --reflink=always`` each (image, clone) pair, one after another or all at once."""
+    argvs = [["cp", "--reflink=always", str(src), str(dst)] for src, dst in pairs]
+    if not parallel:
+        for argv in argvs:
+            subprocess.run(argv, check=True, capture_output=True, timeout=_CP_TIMEOUT)
+        return
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        procs = [subprocess.Popen(argv, stderr=subprocess.PIPE) for argv in argvs]
+        for proc, argv in zip(procs, argvs, strict=True):
+            _, stderr = proc.communicate(timeout=_CP_TIMEOUT)
+            if proc.returncode != 0:
+                raise subprocess.CalledProcessError(proc.returncode, argv, stderr=stderr)
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+
+
+@dataclass(frozen=True)
+class Measured:
+    """One cut: its write stall, and what else the method reports."""
+
+    stall: float
+    #: hand-made: from the last FIFREEZE returning (cleancut's definition) to the last thaw
+    all_frozen_stall: float | None = None
+    #: cleancut: the whole cut, uploads and commit included
+    wall: float | None = None
+    level: str | None = None
+
+
+@dataclass
+class HandCut:
+    """The hand-made cut of the shop's disks, by the real ioctls on the mount points."""
+
+    disks: list[ShopDisk]
+    clone_dir: Path
+    fds: list[int] = field(default_factory=list)
+
+    def open(self) -> None:
+        """Open every mount point read-only (outside any measured window)."""
+        for disk in self.disks:
+            self.fds.append(os.open(disk.mount_point, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC))
+
+    def close(self) -> None:
+        """Thaw (in case) and close every mount point."""
+        for fd in self.fds:
+            _thaw_quietly(fd)
+            os.close(fd)
+        self.fds.clear()
+
+    def cut(self, parallel: bool) -> Measured:
+        """One cut: FIFREEZE all, clone all images, FITHAW all (thawed in ``finally``)."""
+        target = self.clone_dir / f"cut-{time.monotonic_ns()}"
+        target.mkdir(parents=True)
+        pairs = [(disk.image, target / f"{disk.name}.img") for disk in self.disks]
+        frozen: list[int] = []
+        first_frozen = last_frozen = 0.0
+        try:
+            results = _ioctl_all(self.fds, FIFREEZE, parallel)
+            frozen = [fd for fd, (_, err) in zip(self.fds, results, strict=True) if err is None]
+            for _, err in results:
+                if err is not None:
+                    raise err
+            first_frozen = min(t for t, _ in results)
+            last_frozen = max(t for t, _ in results)
+            _clone_all(pairs, parallel)
+        finally:
+            thaws = _ioctl_all(frozen, FITHAW, parallel)
+            for fd, (_, err) in zip(frozen, thaws, strict=True):
+                if err is not None and err.errno != errno.EINVAL:
+                    _thaw_quietly(fd)
+            shutil.rmtree(target, ignore_errors=True)
+        thawed = max(t for t, _ in thaws)
+        return Measured(thawed - first_frozen, all_frozen_stall=thawed - last_frozen)
+
+
+def _thaw_quietly(fd: int) -> None:
+    with contextlib.suppress(OSError):  # EINVAL: not frozen
+        fcntl.ioctl(fd, FITHAW, 0)
+
+
+def cleancut_cut(config: Path) -> Callable[[], Measured]:
+    """A function that runs one cleancut cut of ``config`` and measures it."""
+    loaded = load_app(config)
+    access = repository_access(loaded.config.repository, config_file=str(config))
+    mover = ResticMover(access)
+
+    def run() -> Measured:
+        started = time.monotonic()
+        manifest = Coordinator(loaded, access=access, mover=mover).run().manifest
+        wall = time.monotonic() - started
+        stalls = [h.write_stall for h in manifest.hosts if h.write_stall is not None]
+        if not stalls:
+            raise RuntimeError(f"cut {manifest.rp_id} of {config} recorded no write stall")
+        return Measured(max(stalls), wall=wall, level=manifest.level)
+
+    return run
+
+
+def prune_receipts(receipts: Path, keep_free: float = 0.5) -> int:
+    """Delete the oldest half of the receipts once fewer than ``keep_free`` inodes are free."""
+    vfs = os.statvfs(receipts)
+    if vfs.f_files == 0 or vfs.f_ffree / vfs.f_files >= keep_free:
+        return 0
+    ids = sorted(int(p.stem) for p in receipts.glob("*.txt") if p.stem.isdigit())
+    old = [receipts / receipt_name(order_id) for order_id in ids[: len(ids) // 2]]
+    for path in old:
+        path.unlink(missing_ok=True)
+    return len(old)
+
+
+Methods = dict[str, Callable[[], Measured]]
+
+
+def run_rounds(methods: Methods, rounds: int, receipts: Path) -> dict[str, list[Measured]]:
+    """One warm-up round (not counted), then ``rounds`` rounds, the order rotating."""
+    measured: dict[str, list[Measured]] = {name: [] for name in methods}
+    names = list(methods)
+    for index in range(-1, rounds):
+        shift = index % len(names)
+        for name in names[shift:] + names[:shift]:
+            result = methods[name]()
+            if index >= 0:
+                measured[name].append(result)
+        pruned = prune_receipts(receipts)
+        label = "warm-up round" if index < 0 else f"round {index + 1}/{rounds}"
+        if index >= 0:
+            figures = ", ".join(f"{n} {ms(measured[n][-1].stall)} ms" for n in names)
+            label += f": {figures}"
+        say(label + (f" (pruned {pruned} old receipts)" if pruned else ""))
+    return measured
+
+
+def report(measured: dict[str, list[Measured]], seconds: float) -> str:
+    """The stall table, the ratios against the parallel hand-made cut, and the notes."""
+    series = {name: Series(name, tuple(m.stall for m in runs)) for name, runs in measured.items()}
+    base = series[HAND_PAR]
+    rows = []
+    for name in METHODS:
+        s = series[name]
+        rows.append(
+            [name, str(len(s.values)), ms(s.p50), ms(s.p99), ms(s.mean),
+             f"{s.p50 / base.p50:.2f}", f"{s.p99 / base.p99:.2f}"]
+        )  # fmt: skip
+    headers = ["method", "n", "p50 ms", "p99 ms", "mean ms", "p50/parallel", "p99/parallel"]
+    lines = [
+        f"write stall under the demo shop's load, {len(base.values)} cuts per method "
+        f"(interleaved, after one warm-up round); the whole run took {seconds:.0f} s",
+        "",
+        table(headers, rows),
+        "",
+        "ratios are against the hand-made cut in parallel (goal: cleancut <= 1.00)",
+    ]
+    for name in (HAND_SEQ, HAND_PAR):
+        inner = Series(name, tuple(m.all_frozen_stall or 0.0 for m in measured[name]))
+        lines.append(
+            f"{name}, from the last FIFREEZE returning (cleancut's definition): "
+            f"p50 {ms(inner.p50)} ms, p99 {ms(inner.p99)} ms"
+        )
+    for name in (HOOKS, PLAIN):
+        walls = Series(name, tuple(m.wall or 0.0 for m in measured[name]))
+        levels = ", ".join(sorted({m.level or "?" for m in measured[name]}))
+        lines.append(
+            f"{name}: level {levels}; whole cut incl. uploads: "
+            f"p50 {walls.p50:.2f} s, mean {walls.mean:.2f} s"
+        )
+    lines += [
+        "cleancut's stall is the manifest's hosts[*].write_stall (every file system frozen ->",
+        "every one thawed); the hand-made stall runs from the first FIFREEZE returning to the",
+        "last FITHAW returning (FIFREEZE/FITHAW ioctls, `cp --reflink=always` per image).",
+    ]
+    return "\n".join(lines)
+
+
+def run(rounds: int = 50) -> int:
+    """Build the demo workspace, run the shop's load and measure; print the figures."""
+    require_root("write-stall")
+    started = time.monotonic()
+    with ExitStack() as stack:
+        ws = workspace.build(stack)
+        disks = shop_disks(ws)
+        hand = HandCut(disks, disks[0].image.parent / "bench-clones")
+        stack.callback(shutil.rmtree, hand.clone_dir, True)
+        hand.open()
+        stack.callback(hand.close)
+        say(f"workspace {ws.root}; {ws.why_level}")
+        load = stack.enter_context(LoadGenerator(ws.shop, ws.socket))
+        methods: Methods = {
+            HOOKS: cleancut_cut(ws.app_hooks),
+            PLAIN: cleancut_cut(ws.app_plain),
+            HAND_SEQ: lambda: hand.cut(parallel=False),
+            HAND_PAR: lambda: hand.cut(parallel=True),
+        }
+        measured = run_rounds(methods, rounds, ws.shop.receipts_dir)
+        stats = load.stop()
+        places = {
+            "disk images' datastore": disks[0].image,
+            "shop disks": disks[0].mount_point,
+            "restic repository": ws.root,
+        }
+        machine = machine_report(places)
+    print(report(measured, time.monotonic() - started))
+    print(
+        f"the shop wrote {stats.orders} orders in {stats.seconds:.0f} s "
+        f"({stats.orders / max(stats.seconds, 1e-9):.0f}/s)"
+        + (f"; load error: {stats.error}" if stats.error else "")
+    )
+    print(machine, flush=True)
+    return 0
