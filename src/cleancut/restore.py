@@ -130,8 +130,13 @@ def _restore_member(
     host_dir = target / member.host
     host_dir.mkdir(parents=True, exist_ok=True)
     assert member.repository_snapshot is not None
+    size = member.bytes_processed
+    if progress is not None:  # restic 0.14 reports no restore progress: a pulsing bar
+        progress({"bytes_done": 0, "total_bytes": 0})
     with tempfile.TemporaryDirectory(dir=host_dir, prefix=".restore-") as scratch:
         mover.restore(member.repository_snapshot, Path(scratch) / "data", progress=progress)
+        if progress is not None:
+            progress({"done": True, "bytes_done": size, "total_bytes": size})
         data = Path(scratch) / "data"
         if member.layout == "file":
             (image,) = [p for p in data.iterdir() if p.is_file()]

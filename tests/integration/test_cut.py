@@ -251,3 +251,42 @@ def test_restore_refuses_live_target(datastore: Datastore, trusted_dir: Path) ->
     assert "--in-place" in refused.stderr and str(live) in refused.stderr
     assert no_target.returncode == 2
     assert "--to" in no_target.stderr
+
+
+FIXTURES = Path(__file__).resolve().parents[3] / "shared" / "fixtures"
+
+
+def azure_fixture() -> Path:
+    """Azure's published template, wherever shared/ lies beside the checkout."""
+    for base in (FIXTURES, Path("/work/shared/fixtures")):
+        path = base / "azure" / "VMSnapshotScriptPluginConfig.json"
+        if path.is_file():
+            return path
+    pytest.skip("shared/fixtures is not beside this checkout")
+
+
+def test_azure_hook_config_drives_a_cut(datastore: Datastore, trusted_dir: Path) -> None:
+    """Azure's template, filled in the way users do, runs its scripts with their params."""
+    mount = datastore.add_disk("vm1", datastore.root / "vm1").mountpoint
+    record = f"{trusted_dir}/trace"
+    pre = write_script(trusted_dir / "azure" / "pre.sh", f'echo "pre $*" >> {record}\n')
+    post = write_script(trusted_dir / "azure" / "post.sh", f'echo "post $*" >> {record}\n')
+    template = json.loads(azure_fixture().read_text())
+    template.update(
+        preScriptLocation=str(pre),
+        postScriptLocation=str(post),
+        preScriptParams=["--flush", ""],
+    )
+    config = trusted_dir / "azure" / "VMSnapshotScriptPluginConfig.json"
+    config.write_text(json.dumps(template, indent=4))
+    config.chmod(0o600)
+    guest = image_volume("data", mount) + f'[hooks_import]\nazure = "{config}"\n'
+    app = make_app(trusted_dir, {"vm1": guest})
+
+    code, manifest, stderr = app.backup_json()
+
+    assert code == 0, stderr
+    assert manifest is not None and manifest["level"] == "application"
+    lines = [line.strip() for line in (trusted_dir / "trace").read_text().splitlines()]
+    assert lines == ["pre --flush", "post"]
+    assert {h["source"] for h in manifest["hooks"]} == {"azure"}

@@ -135,13 +135,17 @@ def _cleancut(
     return result
 
 
-def expectations(rows: dict[str, MethodResult]) -> list[str]:
-    """What must hold for the demo to pass; each failure as a sentence."""
+def expectations(rows: dict[str, MethodResult], *, frozen: bool) -> list[str]:
+    """What must hold for the demo to pass; each failure as a sentence.
+
+    Without root nothing can be frozen, so the cut without hooks copies a live shop and
+    promises nothing; only the rows that do not depend on a freeze are checked then.
+    """
     problems = []
     if rows[PER_RESOURCE].broken_backups == 0:
         problems.append("per-resource backups showed no broken records: the load is too light")
     plain = rows[PLAIN]
-    if plain.orphans or any(c.incomplete > 1 for c in plain.checks):
+    if frozen and (plain.orphans or any(c.incomplete > 1 for c in plain.checks)):
         problems.append("the cut without hooks shows orphans or more than the in-flight order")
     if any(not all(c.integrity_ok.values()) for r in rows.values() for c in r.checks):
         problems.append("a restored database failed PRAGMA integrity_check")
@@ -199,7 +203,7 @@ def run_demo(*, json_output: bool = False, backups: int = 4) -> int:
         }
         stats = load.stop()
         say(f"the shop wrote {stats.orders} orders during the demo")
-    problems = expectations(rows)
+    problems = expectations(rows, frozen=ws.as_root)
     if json_output:
         data = {
             "as_root": ws.as_root,
