@@ -156,8 +156,101 @@ def _restore_member(
     else:
         result.files = destination
     if result.files is not None:
-        result.databases = check_databases(result.files, member)
+        result.databases = check_databases(result.files)
     return result
+
+
+def restore_in_place(
+    manifest: Manifest,
+    mover: Mover,
+    *,
+    progress: Callable[[str, dict[str, Any]], None] | None = None,
+) -> RestoreReport:
+    """Every resource of ``manifest`` back where it came from (``restore --in-place``).
+
+    A disk image is replaced atomically, and only while no loop device holds it (the VM is
+    off); a tree's contents are replaced by the snapshot's, extra files removed. Stop the
+    application first: cleancut cannot know who else writes there.
+    """
+    for member in manifest.members:
+        if member.layout == "file":
+            image = Path(member.image_path or "")
+            attached = attached_loop_devices(image) if member.image_path else []
+            if attached:
+                raise RestoreRefused(
+                    f"{member.host}/{member.resource}: disk image {image} is in use by "
+                    f"{', '.join(attached)}; stop the VM (umount, losetup -d) before "
+                    "restoring it in place"
+                )
+    restored = []
+    for member in manifest.members:
+        sink = _member_progress(progress, member)
+        if member.layout == "file":
+            restored.append(_replace_image(member, mover, sink))
+        else:
+            restored.append(_replace_tree(member, mover, sink))
+    return RestoreReport(manifest.rp_id, Path("/"), restored)
+
+
+def _member_progress(
+    progress: Callable[[str, dict[str, Any]], None] | None, member: Member
+) -> ProgressCallback | None:
+    if progress is None:
+        return None
+    label = f"{member.host}/{member.resource}"
+    return lambda figures: progress(label, figures)
+
+
+def _replace_image(
+    member: Member, mover: Mover, progress: ProgressCallback | None
+) -> RestoredMember:
+    if not member.image_path:
+        raise RestoreRefused(f"{member.host}/{member.resource}: the manifest names no image path")
+    image = Path(member.image_path)
+    assert member.repository_snapshot is not None
+    # scratch beside the image: the same file system, so the final rename is atomic
+    with tempfile.TemporaryDirectory(dir=image.parent, prefix=".cleancut-restore-") as scratch:
+        mover.restore(member.repository_snapshot, Path(scratch) / "data", progress=progress)
+        (restored,) = [p for p in (Path(scratch) / "data").iterdir() if p.is_file()]
+        ok, output = fsck_image(restored, member.fstype)
+        if ok is False:
+            raise CleancutError(f"{member.host}/{member.resource}: restored image fails fsck")
+        os.replace(restored, image)
+    return RestoredMember(member.host, member.resource, image, fsck_ok=ok, fsck_output=output)
+
+
+def _replace_tree(
+    member: Member, mover: Mover, progress: ProgressCallback | None
+) -> RestoredMember:
+    target = Path(member.source_path)
+    target.mkdir(parents=True, exist_ok=True)
+    assert member.repository_snapshot is not None
+    # scratch inside the volume: the same file system, so every move is a rename
+    with tempfile.TemporaryDirectory(dir=target, prefix=".cleancut-restore-") as scratch:
+        data = Path(scratch) / "data"
+        mover.restore(member.repository_snapshot, data, progress=progress)
+        for entry in target.iterdir():
+            if entry != Path(scratch) and entry.name != "lost+found":
+                if entry.is_dir() and not entry.is_symlink():
+                    shutil.rmtree(entry)
+                else:
+                    entry.unlink()
+        for entry in data.iterdir():
+            os.replace(entry, target / entry.name)
+    result = RestoredMember(member.host, member.resource, target, files=target)
+    result.databases = check_databases(target)
+    return result
+
+
+def attached_loop_devices(image: Path) -> list[str]:
+    """The loop devices whose backing file is ``image``."""
+    wanted = str(image.resolve())
+    found = []
+    for backing in Path("/sys/block").glob("loop*/loop/backing_file"):
+        name = backing.read_text().strip().removesuffix(" (deleted)")
+        if name == wanted:
+            found.append("/dev/" + backing.parent.parent.name)
+    return found
 
 
 def fsck_image(image: Path, fstype: str | None) -> tuple[bool | None, str]:
@@ -203,7 +296,7 @@ def _skip_lost_found(directory: str, names: list[str]) -> list[str]:
     return ["lost+found"] if "lost+found" in names else []
 
 
-def check_databases(files: Path, member: Member) -> dict[str, bool]:
+def check_databases(files: Path) -> dict[str, bool]:
     """``PRAGMA integrity_check`` on every SQLite database file in the restored tree."""
     results: dict[str, bool] = {}
     for path in sorted(files.rglob("*.db")):

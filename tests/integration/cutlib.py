@@ -29,9 +29,9 @@ def write_script(path: Path, body: str) -> Path:
     return path
 
 
-def make_db(path: Path, rows: int) -> None:
+def make_db(path: Path, rows: int, *, wal: bool = True) -> None:
     conn = sqlite3.connect(path)
-    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute(f"PRAGMA journal_mode={'WAL' if wal else 'DELETE'}")
     conn.execute("CREATE TABLE IF NOT EXISTS t (id INTEGER PRIMARY KEY, v TEXT)")
     conn.executemany("INSERT INTO t (v) VALUES (?)", [(f"row{i}",) for i in range(rows)])
     conn.commit()

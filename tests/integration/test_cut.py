@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -154,11 +155,12 @@ def test_hook_refusing_to_continue_aborts_even_in_degrade(
 def test_deadline_expiry_thaws_and_marks_not_group_consistent(
     datastore: Datastore, trusted_dir: Path
 ) -> None:
-    """Host fast freezes at once; host slow waits 2 s for its database's write lock, so
-    fast's freeze deadline (300 ms) passes at the barrier and its guest thaws by itself."""
+    """Host fast freezes at once; host slow's writer waits seconds for its database's write
+    lock, so fast's freeze deadline (300 ms) passes at the barrier and it thaws by itself.
+    (A rollback-journal database: its prepare has no checkpoint that would wait as well.)"""
     fast = datastore.add_disk("fast", datastore.root / "vm" / "fast").mountpoint
     slow = datastore.add_disk("slow", datastore.root / "vm" / "slow").mountpoint
-    make_db(slow / "slow.db", 10)
+    make_db(slow / "slow.db", 10, wal=False)
     app = make_app(
         trusted_dir,
         {
@@ -171,20 +173,42 @@ def test_deadline_expiry_thaws_and_marks_not_group_consistent(
         [
             "python3",
             "-c",
-            "import sqlite3, sys, time\n"
+            "import sqlite3, sys\n"
             "c = sqlite3.connect(sys.argv[1], isolation_level=None)\n"
-            "c.execute('BEGIN IMMEDIATE'); print('locked', flush=True); time.sleep(2)\n"
-            "c.execute('ROLLBACK')\n",
+            "c.execute('BEGIN IMMEDIATE'); print('locked', flush=True)\n"
+            "sys.stdin.readline(); c.execute('ROLLBACK')\n",
             str(slow / "slow.db"),
         ],
+        stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,
     )
+    backup = subprocess.Popen(
+        [*CLEANCUT, "backup", str(app.config), "--json"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    manifest = None
     try:
         assert blocker.stdout is not None and blocker.stdout.readline().strip() == "locked"
-        code, manifest, stderr = app.backup_json()
+        assert backup.stdout is not None and blocker.stdin is not None
+        for line in backup.stdout:
+            event = json.loads(line)
+            if event.get("phase") == "freeze" and event.get("state") == "start":
+                time.sleep(1.0)  # slow's writer waits for the lock; fast's deadline passes
+                blocker.stdin.write("release\n")
+                blocker.stdin.flush()
+            if event.get("event") == "result":
+                manifest = event["manifest"]
+        code = backup.wait(timeout=60)
+        stderr = backup.stderr.read() if backup.stderr else ""
     finally:
+        if backup.poll() is None:
+            backup.kill()
+        blocker.kill()
         blocker.wait(timeout=10)
+        backup.wait(timeout=10)
 
     assert code == 3, stderr
     assert manifest is not None

@@ -211,19 +211,25 @@ def test_refuses_a_path_on_tmpfs(trusted_dir: Path) -> None:
 
 
 @pytest.mark.root
-def test_second_concurrent_freezer_is_refused_by_the_host_lock(datastore: Datastore) -> None:
+def test_second_freezer_of_the_same_file_system_is_refused(datastore: Datastore) -> None:
     first_mount = datastore.add_disk("vm1", datastore.root / "vm1").mountpoint
-    second_mount = datastore.add_disk("vm2", datastore.root / "vm2").mountpoint
-    second = Freezer([second_mount], lock_timeout=0.2)
+    other_mount = datastore.add_disk("vm2", datastore.root / "vm2").mountpoint
+    second = Freezer([first_mount / "lost+found"], lock_timeout=0.2)
+    other = Freezer([other_mount], lock_timeout=0.2)
     with Freezer([first_mount]) as first:
         try:
             first.freeze()
             with pytest.raises(
-                FreezeError, match=rf"another freeze is in progress.*pid {os.getpid()}"
+                FreezeError,
+                match=rf"another freeze of {first_mount} is in progress.*pid {os.getpid()}",
             ):
                 second.open()
+            other.open()  # another file system of the same host is free to freeze
+            other.freeze()
+            other.thaw()
         finally:
             first.thaw()
+            other.close()
     second.open()  # free again once the first is closed
     second.close()
 

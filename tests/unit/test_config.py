@@ -236,6 +236,21 @@ def test_relative_paths_in_the_guest_file_are_refused(tmp_path: Path) -> None:
     assert "not an absolute path" in error.message
 
 
+@pytest.mark.parametrize(
+    ("line", "key"),
+    [
+        ('staging = "staging"', "staging"),
+        ('[hooks_import]\ngcp = "etc/google"', "hooks_import.gcp"),
+    ],
+)
+def test_other_relative_guest_paths_are_refused(tmp_path: Path, line: str, key: str) -> None:
+    # the agent runs in the coordinator's working directory: a relative path would move with it
+    text = (line + "\n" + GUEST) if key == "staging" else (GUEST + line + "\n")
+    error = config_error(load_guest, write(tmp_path, "guest.toml", text))
+    assert error.key == key
+    assert "is not an absolute path" in error.message
+
+
 def test_hook_program_must_be_absolute(tmp_path: Path) -> None:
     text = GUEST + '[[hooks]]\nname = "q"\npre = ["pre.sh"]\n'
     error = config_error(load_guest, write(tmp_path, "guest.toml", text))

@@ -9,7 +9,7 @@ import typer
 from cleancut.cli.common import APP_CONFIG, JSON, load, open_catalog, open_repository
 from cleancut.cli.output import emit_json, out, progress_bars
 from cleancut.errors import CleancutError, RestoreRefused
-from cleancut.restore import restore_rp
+from cleancut.restore import restore_in_place, restore_rp
 
 
 def restore(
@@ -22,7 +22,10 @@ def restore(
         False, "--extract", help="Also copy the files out of restored disk images (needs root)."
     ),
     in_place: bool = typer.Option(
-        False, "--in-place", help="Allow overwriting live data (refused otherwise)."
+        False,
+        "--in-place",
+        help="Without --to: put every resource back where it came from (disk images only "
+        "while detached). With --to: allow a target that overlaps live data.",
     ),
     json_output: bool = JSON,
 ) -> None:
@@ -31,26 +34,25 @@ def restore(
     Disk images come back as DIR/<host>/<volume>.img and are checked with e2fsck -n /
     xfs_repair -n; trees (and, with --extract, the files inside images) come back in
     DIR/<host>/<volume>/, where every SQLite database must pass PRAGMA integrity_check.
-    Exit code 0 when every check passed, 1 otherwise.
+    --in-place without --to puts every resource back where it came from: stop the
+    application first. Exit code 0 when every check passed, 1 otherwise.
     """
-    if to is None:
+    if to is None and not in_place:
         raise RestoreRefused(
-            "restoring in place (without --to) would overwrite the live volumes; "
-            "give --to DIR to restore beside them"
-            + ("" if in_place else ", or --in-place together with --to to allow overlap")
+            "without --to the restore would overwrite the live volumes; give --to DIR to "
+            "restore beside them, or --in-place to put every resource back where it came from"
         )
     loaded = load(config)
     _access, mover = open_repository(loaded)
     entry = open_catalog(loaded).get(loaded.config.name, rp)
     with progress_bars(not json_output) as bars:
-        report = restore_rp(
-            entry.manifest,
-            mover,
-            to,
-            extract=extract,
-            in_place=in_place,
-            progress=bars.update if bars is not None else None,
-        )
+        sink = bars.update if bars is not None else None
+        if to is None:
+            report = restore_in_place(entry.manifest, mover, progress=sink)
+        else:
+            report = restore_rp(
+                entry.manifest, mover, to, extract=extract, in_place=in_place, progress=sink
+            )
     if json_output:
         emit_json("restore", report.as_dict())
     else:

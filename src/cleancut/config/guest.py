@@ -19,6 +19,13 @@ Sha256 = Annotated[str, StringConstraints(pattern=r"^[0-9a-fA-F]{64}$")]
 IN_PLACE_PROVIDERS = frozenset({"btrfs", "reflink"})
 
 
+def _must_be_absolute(value: Path | None) -> Path | None:
+    """``value`` unchanged, or an error when it is a relative path."""
+    if value is not None and not value.is_absolute():
+        raise ValueError(f"{value} is not an absolute path")
+    return value
+
+
 class Volume(Strict):
     """A mount point or directory whose contents one snapshot provider captures."""
 
@@ -114,6 +121,11 @@ class HooksImport(Strict):
     gcp: Path | None = None
     qemu_ga: Path | None = None
 
+    @field_validator("azure", "gcp", "qemu_ga")
+    @classmethod
+    def _absolute(cls, value: Path | None) -> Path | None:
+        return _must_be_absolute(value)
+
 
 class GuestConfig(Strict):
     """Everything one host offers to a cut."""
@@ -124,6 +136,12 @@ class GuestConfig(Strict):
     hooks_import: HooksImport = Field(default_factory=HooksImport)
     staging: Path = Path("/var/lib/cleancut/staging")
     allow_root_freeze: bool = False
+
+    @field_validator("staging")
+    @classmethod
+    def _absolute(cls, value: Path) -> Path:
+        # the agent's working directory is the coordinator's: a relative path would move with it
+        return _must_be_absolute(value) or value
 
     @model_validator(mode="after")
     def _references(self) -> GuestConfig:

@@ -11,16 +11,12 @@ cross-resource invariants:
 
 from __future__ import annotations
 
-import json
 import statistics
-import sys
+from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-
-from rich.console import Console
-from rich.table import Table
 
 from cleancut.config.load import load_app
 from cleancut.coordinator import Coordinator
@@ -86,7 +82,7 @@ def _restored_shop(folder: Path) -> ShopPaths:
     )
 
 
-def _per_resource(ws: workspace.Workspace, count: int, say: Any) -> MethodResult:
+def _per_resource(ws: workspace.Workspace, count: int, say: Callable[[str], None]) -> MethodResult:
     result = MethodResult(PER_RESOURCE, level="none across resources")
     orders = [list(RESOURCES), list(reversed(RESOURCES))]
     for index in range(count):
@@ -109,7 +105,7 @@ def _verdict(report: InvariantReport) -> str:
 
 
 def _cleancut(
-    ws: workspace.Workspace, method: str, config: Path, count: int, say: Any
+    ws: workspace.Workspace, method: str, config: Path, count: int, say: Callable[[str], None]
 ) -> MethodResult:
     loaded = load_app(config)
     access = repository_access(loaded.config.repository, config_file=str(config))
@@ -157,41 +153,29 @@ def expectations(rows: dict[str, MethodResult], *, frozen: bool) -> list[str]:
     return problems
 
 
-def _table(rows: dict[str, MethodResult]) -> Table:
-    table = Table(title="the shop, backed up under load, restored and checked")
-    for column in (
-        "method",
-        "backups",
-        "consistency level",
-        "backups with broken records",
-        "orphans",
-        "incomplete orders",
-        "write stall p50",
-        "write stall p99",
-    ):
-        table.add_column(column)
-    for row in rows.values():
-        p50, p99 = row.stall(50), row.stall(99)
-        table.add_row(
-            row.method,
-            str(len(row.checks)),
-            row.level,
-            str(row.broken_backups),
-            str(row.orphans),
-            str(row.incomplete),
-            "-" if p50 is None else f"{p50 * 1000:.1f} ms",
-            "-" if p99 is None else f"{p99 * 1000:.1f} ms",
-        )
-    return table
+@dataclass
+class DemoResult:
+    """What the demo found; the CLI renders it."""
+
+    as_root: bool
+    why_level: str
+    orders_written: int
+    rows: dict[str, MethodResult]
+    problems: list[str]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "as_root": self.as_root,
+            "why": self.why_level,
+            "orders_written": self.orders_written,
+            "methods": [row.as_dict() for row in self.rows.values()],
+            "ok": not self.problems,
+            "problems": self.problems,
+        }
 
 
-def run_demo(*, json_output: bool = False, backups: int = 4) -> int:
-    """Run the whole demo; 0 when every expectation holds, 1 otherwise."""
-    console = Console(stderr=True, highlight=False)
-
-    def say(text: str) -> None:
-        console.print(text, markup=False)
-
+def run_demo(*, backups: int = 4, say: Callable[[str], None] = lambda _text: None) -> DemoResult:
+    """Build the shop, back it up three ways under load, restore and check every backup."""
     with ExitStack() as stack:
         ws = workspace.build(stack)
         say(f"workspace {ws.root}\n{ws.why_level}")
@@ -204,23 +188,4 @@ def run_demo(*, json_output: bool = False, backups: int = 4) -> int:
         stats = load.stop()
         say(f"the shop wrote {stats.orders} orders during the demo")
     problems = expectations(rows, frozen=ws.as_root)
-    if json_output:
-        data = {
-            "as_root": ws.as_root,
-            "why": ws.why_level,
-            "orders_written": stats.orders,
-            "methods": [row.as_dict() for row in rows.values()],
-            "ok": not problems,
-            "problems": problems,
-        }
-        sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
-    else:
-        Console(highlight=False).print(_table(rows))
-        for problem in problems:
-            say(f"UNEXPECTED: {problem}")
-        if not problems:
-            say(
-                "as expected: per-resource jobs break cross-resource records; one cut keeps "
-                "them, and with the shop's hooks no order is even half-written"
-            )
-    return 1 if problems else 0
+    return DemoResult(ws.as_root, ws.why_level, stats.orders, rows, problems)

@@ -3,7 +3,7 @@
 A frozen file system blocks every writer on the host — including, if it is the wrong one,
 the process that should thaw it. So:
 
-* the plan is computed, the mount points opened and the host lock taken in ``open()``,
+* the plan is computed, the mount points opened and the locks taken in ``open()``,
   before anything is frozen; ``freeze()`` and ``thaw()`` then only issue ioctls on open
   file descriptors: no path lookups, file opens, logging or imports while frozen;
 * file systems stacked on a loop device are frozen before the file system holding their
@@ -12,7 +12,10 @@ the process that should thaw it. So:
   when allowed; the thaw runs in exact reverse;
 * independent file systems of one wave are frozen in parallel threads: the write stall is
   the slowest freeze rather than the sum of them;
-* one freeze at a time per host (an exclusive ``flock``), as Azure's safefreeze does.
+* one freeze at a time per file system (an exclusive ``flock`` per device), as Azure's
+  safefreeze does per host: a second freezer's thaw would end the first one's freeze.
+  Per device rather than per host, because two guests of one group cut may share a
+  machine (a hypervisor, or local test hosts) and must be frozen at the same time.
 
 The watchdog (:mod:`cleancut.guest.watchdog`) covers the cases a ``finally`` cannot.
 """
@@ -52,7 +55,8 @@ _FIXES = {
 
 
 def default_lock_path() -> Path:
-    """Where the host-wide freeze lock lives: ``/run/cleancut`` for root, else a per-user
+    """Where the freeze locks live (one per device, see :func:`mount_lock_path`):
+    ``/run/cleancut`` for root, else a per-user
     runtime folder (a non-root lock could be pre-created by anyone in ``/run``)."""
     if os.geteuid() == 0:
         return Path("/run/cleancut/freeze.lock")
@@ -131,7 +135,7 @@ class Freezer:
         self.frozen_at: float | None = None
         self.thawed_at: float | None = None
         self._lock = threading.Lock()
-        self._lock_fd: int | None = None
+        self._lock_fds: list[int] | None = None
         self._fds: dict[str, int] = {}
         self._frozen: list[tuple[MountInfo, int]] = []
 
@@ -152,20 +156,24 @@ class Freezer:
         ]
 
     def sentinel(self, deadline_seconds: float) -> ThawSentinel:
-        """A :class:`ThawSentinel` over this freezer's mount points that also holds the host
-        lock until it exits; ``start()`` it after ``open()`` and before ``freeze()``."""
-        if self._lock_fd is None:
+        """A :class:`ThawSentinel` over this freezer's mount points that also holds their
+        freeze locks until it exits; ``start()`` it after ``open()`` and before ``freeze()``."""
+        if self._lock_fds is None:
             raise FreezeError(
                 "Freezer.sentinel() needs open() first: the mount points must be open"
             )
-        return ThawSentinel(self.fds_in_thaw_order(), deadline_seconds, hold=[self._lock_fd])
+        return ThawSentinel(self.fds_in_thaw_order(), deadline_seconds, hold=self._lock_fds)
 
     def open(self) -> None:
-        """Take the host freeze lock and open every mount point. Idempotent."""
-        if self._lock_fd is not None:
+        """Take each file system's freeze lock and open every mount point. Idempotent."""
+        if self._lock_fds is not None:
             return
-        self._lock_fd = _acquire_host_lock(self.lock_path, self.lock_timeout)
+        self._lock_fds = []
         try:
+            # one lock per file system, taken in a fixed order so two freezers cannot deadlock
+            for mount in sorted(self.mounts, key=lambda m: m.major_minor):
+                path = mount_lock_path(self.lock_path, mount)
+                self._lock_fds.append(_acquire_lock(path, mount, self.lock_timeout))
             for mount in self.mounts:
                 self._fds[mount.major_minor] = _open_mount_point(mount)
         except BaseException:
@@ -239,16 +247,16 @@ class Freezer:
             raise _freeze_error("thaw", mount, error) from error
 
     def close(self) -> None:
-        """Thaw if still frozen, close the mount points and release the host lock."""
+        """Thaw if still frozen, close the mount points and release the freeze locks."""
         try:
             self.thaw()
         finally:
             for fd in self._fds.values():
                 os.close(fd)
             self._fds.clear()
-            if self._lock_fd is not None:
-                os.close(self._lock_fd)  # closing the only descriptor releases the flock
-                self._lock_fd = None
+            for fd in self._lock_fds or []:
+                os.close(fd)  # closing the only descriptor releases the flock
+            self._lock_fds = None
 
     def __enter__(self) -> Freezer:
         self.open()
@@ -307,8 +315,14 @@ def _freeze_error(action: str, mount: MountInfo, error: OSError) -> FreezeError:
     )
 
 
-def _acquire_host_lock(path: Path, timeout: float) -> int:
-    """Take the exclusive host-wide freeze lock, waiting up to ``timeout`` seconds."""
+def mount_lock_path(base: Path, mount: MountInfo) -> Path:
+    """The lock of one file system, beside ``base``: ``freeze-8_1.lock`` for device 8:1."""
+    device = mount.major_minor.replace(":", "_")
+    return base.with_name(f"{base.stem}-{device}{base.suffix}")
+
+
+def _acquire_lock(path: Path, mount: MountInfo, timeout: float) -> int:
+    """Take the exclusive freeze lock of one file system, waiting up to ``timeout`` seconds."""
     try:
         path.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
@@ -324,8 +338,8 @@ def _acquire_host_lock(path: Path, timeout: float) -> int:
                 holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "unknown"
                 os.close(fd)
                 raise FreezeError(
-                    f"another freeze is in progress on this host (pid {holder}); wait for it to "
-                    f"end and retry (lock: {path})"
+                    f"another freeze of {mount.mount_point} is in progress (pid {holder}); wait "
+                    f"for it to end and retry (lock: {path})"
                 ) from None
             time.sleep(0.02)
     os.ftruncate(fd, 0)

@@ -150,6 +150,10 @@ class GuestSession:
             self._writer_step(state, state.writer.prepare)
         for provider in self.providers.values():
             provider.prepare(self.rp_id)
+        assert self.freezer is not None
+        if self.freezer.mounts:
+            # the host-wide freeze lock and the mount points' descriptors, before the freeze
+            self.freezer.open()
         self.phase = "prepare"
         return {"hooks": [_dump(run) for run in runs], "writers": self._writer_report()}
 
@@ -186,7 +190,6 @@ class GuestSession:
         assert self.freezer is not None
         mounts: list[str] = []
         try:
-            self.freezer.open()
             mounts = [str(m.mount_point) for m in self.freezer.mounts]
             if mounts:
                 freezer = self.freezer

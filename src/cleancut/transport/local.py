@@ -24,7 +24,16 @@ class LocalChannel(Channel):
 
     def __init__(self, host: str, guest_config: Path, *, command: list[str] | None = None) -> None:
         self.host = host
-        argv = command or [sys.executable, "-m", "cleancut", "guest", "--config", str(guest_config)]
+        # -I: never import from the working directory or PYTHON* variables (the guest runs as root)
+        argv = command or [
+            sys.executable,
+            "-I",
+            "-m",
+            "cleancut",
+            "guest",
+            "--config",
+            str(guest_config),
+        ]
         try:
             self._proc = subprocess.Popen(
                 argv,
