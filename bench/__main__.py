@@ -13,7 +13,7 @@ from bench import mover, stall
 from bench.common import require_root, say
 
 FULL_CUTS = 50
-QUICK_CUTS = 3
+QUICK_CUTS = 2
 FULL_MIB = 1024
 QUICK_MIB = 64
 
@@ -23,7 +23,8 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--quick",
         action="store_true",
-        help=f"{QUICK_CUTS} cuts, {QUICK_MIB} MiB (instead of {FULL_CUTS} cuts, {FULL_MIB} MiB)",
+        help=f"{QUICK_CUTS} cuts without warm-up and {QUICK_MIB} MiB "
+        f"(instead of {FULL_CUTS} cuts and {FULL_MIB} MiB)",
     )
     parser.add_argument("--only", choices=["stall", "mover"], help="run one benchmark only")
     parser.add_argument("--cuts", type=int, help="cuts per method for the stall benchmark")
@@ -46,7 +47,10 @@ def main(argv: list[str] | None = None) -> int:
             continue
         started = time.monotonic()
         say(f"== {name} benchmark ==")
-        status |= stall.run(cuts) if name == "stall" else mover.run(mib)
+        if name == "stall":
+            status |= stall.run(cuts, warmup=not args.quick)
+        else:
+            status |= mover.run(mib)
         say(f"== {name} benchmark took {time.monotonic() - started:.0f} s ==")
         print(flush=True)
     return status

@@ -42,6 +42,7 @@ from cleancut.coordinator import Coordinator
 from cleancut.coordinator.repository import repository_access
 from cleancut.demo import workspace
 from cleancut.demo.shop import RESOURCES, LoadGenerator, receipt_name
+from cleancut.errors import CleancutError
 from cleancut.guest.mounts import loop_backing_file
 from cleancut.mover.restic import ResticMover
 from cleancut.providers.ficlone import filesystem_of
@@ -113,7 +114,8 @@ def _clone_all(pairs: list[tuple[Path, Path]], parallel: bool) -> None:
         return
     procs: list[subprocess.Popen[bytes]] = []
     try:
-        procs = [subprocess.Popen(argv, stderr=subprocess.PIPE) for argv in argvs]
+        for argv in argvs:
+            procs.append(subprocess.Popen(argv, stderr=subprocess.PIPE))
         for proc, argv in zip(procs, argvs, strict=True):
             _, stderr = proc.communicate(timeout=_CP_TIMEOUT)
             if proc.returncode != 0:
@@ -221,40 +223,62 @@ def prune_receipts(receipts: Path, keep_free: float = 0.5) -> int:
 Methods = dict[str, Callable[[], Measured]]
 
 
-def run_rounds(methods: Methods, rounds: int, receipts: Path) -> dict[str, list[Measured]]:
-    """One warm-up round (not counted), then ``rounds`` rounds, the order rotating."""
-    measured: dict[str, list[Measured]] = {name: [] for name in methods}
+@dataclass
+class Runs:
+    """Every counted cut of every method, and the cuts that failed (with cleancut's error)."""
+
+    measured: dict[str, list[Measured]] = field(default_factory=dict)
+    failed: dict[str, list[str]] = field(default_factory=dict)
+
+
+def run_rounds(methods: Methods, rounds: int, receipts: Path, *, warmup: bool = True) -> Runs:
+    """A warm-up round (not counted) if asked, then ``rounds`` rounds, the order rotating.
+
+    A cleancut cut that fails (e.g. another process held the host's freeze lock) is
+    counted as failed and the run goes on; the report lists the errors.
+    """
+    runs = Runs({name: [] for name in methods}, {name: [] for name in methods})
     names = list(methods)
-    for index in range(-1, rounds):
+    for index in range(-1 if warmup else 0, rounds):
         shift = index % len(names)
+        figures = []
         for name in names[shift:] + names[:shift]:
-            result = methods[name]()
+            try:
+                result = methods[name]()
+            except CleancutError as exc:
+                say(f"{name}: the cut failed: {exc}")
+                runs.failed[name].append(str(exc))
+                continue
+            figures.append(f"{name} {ms(result.stall)} ms")
             if index >= 0:
-                measured[name].append(result)
+                runs.measured[name].append(result)
         pruned = prune_receipts(receipts)
         label = "warm-up round" if index < 0 else f"round {index + 1}/{rounds}"
-        if index >= 0:
-            figures = ", ".join(f"{n} {ms(measured[n][-1].stall)} ms" for n in names)
-            label += f": {figures}"
-        say(label + (f" (pruned {pruned} old receipts)" if pruned else ""))
-    return measured
+        say(f"{label}: {', '.join(figures)}" + (f" (pruned {pruned} receipts)" if pruned else ""))
+    return runs
 
 
-def report(measured: dict[str, list[Measured]], seconds: float) -> str:
+def report(runs: Runs, seconds: float, warmup: bool) -> str:
     """The stall table, the ratios against the parallel hand-made cut, and the notes."""
+    measured = runs.measured
     series = {name: Series(name, tuple(m.stall for m in runs)) for name, runs in measured.items()}
     base = series[HAND_PAR]
     rows = []
     for name in METHODS:
-        s = series[name]
+        s, failed = series[name], str(len(runs.failed[name]))
+        if not s.values:  # every cut of this method failed
+            rows.append([name, "0", failed, *["-"] * 5])
+            continue
         rows.append(
-            [name, str(len(s.values)), ms(s.p50), ms(s.p99), ms(s.mean),
+            [name, str(len(s.values)), failed, ms(s.p50), ms(s.p99), ms(s.mean),
              f"{s.p50 / base.p50:.2f}", f"{s.p99 / base.p99:.2f}"]
         )  # fmt: skip
-    headers = ["method", "n", "p50 ms", "p99 ms", "mean ms", "p50/parallel", "p99/parallel"]
+    headers = ["method", "n", "failed", "p50 ms", "p99 ms", "mean ms"]
+    headers += ["p50/parallel", "p99/parallel"]
     lines = [
         f"write stall under the demo shop's load, {len(base.values)} cuts per method "
-        f"(interleaved, after one warm-up round); the whole run took {seconds:.0f} s",
+        f"(interleaved{', after one warm-up round' if warmup else ', no warm-up'}); "
+        f"the whole run took {seconds:.0f} s",
         "",
         table(headers, rows),
         "",
@@ -267,12 +291,17 @@ def report(measured: dict[str, list[Measured]], seconds: float) -> str:
             f"p50 {ms(inner.p50)} ms, p99 {ms(inner.p99)} ms"
         )
     for name in (HOOKS, PLAIN):
+        if not measured[name]:
+            continue
         walls = Series(name, tuple(m.wall or 0.0 for m in measured[name]))
         levels = ", ".join(sorted({m.level or "?" for m in measured[name]}))
         lines.append(
             f"{name}: level {levels}; whole cut incl. uploads: "
             f"p50 {walls.p50:.2f} s, mean {walls.mean:.2f} s"
         )
+    for name, errors in runs.failed.items():
+        for error in sorted(set(errors)):
+            lines.append(f"{name}: failed {errors.count(error)}x: {error}")
     lines += [
         "cleancut's stall is the manifest's hosts[*].write_stall (every file system frozen ->",
         "every one thawed); the hand-made stall runs from the first FIFREEZE returning to the",
@@ -281,7 +310,7 @@ def report(measured: dict[str, list[Measured]], seconds: float) -> str:
     return "\n".join(lines)
 
 
-def run(rounds: int = 50) -> int:
+def run(rounds: int = 50, *, warmup: bool = True) -> int:
     """Build the demo workspace, run the shop's load and measure; print the figures."""
     require_root("write-stall")
     started = time.monotonic()
@@ -300,7 +329,7 @@ def run(rounds: int = 50) -> int:
             HAND_SEQ: lambda: hand.cut(parallel=False),
             HAND_PAR: lambda: hand.cut(parallel=True),
         }
-        measured = run_rounds(methods, rounds, ws.shop.receipts_dir)
+        runs = run_rounds(methods, rounds, ws.shop.receipts_dir, warmup=warmup)
         stats = load.stop()
         places = {
             "disk images' datastore": disks[0].image,
@@ -308,7 +337,7 @@ def run(rounds: int = 50) -> int:
             "restic repository": ws.root,
         }
         machine = machine_report(places)
-    print(report(measured, time.monotonic() - started))
+    print(report(runs, time.monotonic() - started, warmup))
     print(
         f"the shop wrote {stats.orders} orders in {stats.seconds:.0f} s "
         f"({stats.orders / max(stats.seconds, 1e-9):.0f}/s)"

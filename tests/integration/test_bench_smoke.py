@@ -55,7 +55,7 @@ def test_both_benchmarks_print_every_figure() -> None:
     for label in FIGURES:
         ours, bare, ratio = _row(out, label, 3)
         assert ours > 0 and bare > 0
-        assert ratio == pytest.approx(ours / bare, abs=0.02)
+        assert ratio == pytest.approx(ours / bare, rel=0.05, abs=0.02)  # from rounded seconds
 
     # where the figures came from, once per benchmark
     for heading, count in (("kernel ", 2), ("restic ", 2), ("fs ", 6), ("reproduce: ", 2)):

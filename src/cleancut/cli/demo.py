@@ -58,8 +58,15 @@ def render(result: DemoResult) -> None:
             fmt_ms(row.stall(50)),
             fmt_ms(row.stall(99)),
         )
-    # a pipe gets 80 columns by default: too narrow for eight columns of figures
-    out.print(table, width=None if out.is_terminal else 130)
+    if out.is_terminal:
+        out.print(table)
+    else:  # a pipe gets 80 columns by default: too narrow for eight columns of figures
+        width = out.width
+        out.width = 130
+        try:
+            out.print(table)
+        finally:
+            out.width = width
     for problem in result.problems:
         err.print(f"UNEXPECTED: {problem}", markup=False)
     if not result.problems:

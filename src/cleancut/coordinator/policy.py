@@ -164,7 +164,13 @@ def _writes_resumed(report: HostReport) -> float | None:
 def group_consistent(
     reports: list[HostReport], verdicts: list[MemberVerdict]
 ) -> tuple[bool, list[str]]:
-    """Whether every member's snapshot lies inside one common quiet window (with reasons)."""
+    """Whether all members show one common instant, with the reasons when they do not.
+
+    A host's snapshot taken while its writes were held shows the state that held during
+    its whole hold ``[frozen_at, writes resumed]``; so every snapshot must lie inside its
+    own host's hold, and the holds must share an instant (the quiet window). That is why a
+    guest may snapshot right after its own freeze instead of waiting for every host's.
+    """
     problems = [
         f"host {r.host} thawed by itself ({r.self_thawed}) before thaw was sent"
         for r in reports
@@ -175,17 +181,23 @@ def group_consistent(
         for v in verdicts
         if not (v.frozen or v.held)
     ]
-    window = quiet_window(reports)
-    if window is None:
+    if quiet_window(reports) is None:
         problems.append("the hosts had no common quiet window")
-    else:
-        for report in reports:
-            for name, snap in report.snapshot.get("snapshots", {}).items():
-                start = report.local(snap["taken_at"])
-                end = report.local(snap["taken_at"] + snap["seconds"])
-                if start is None or end is None or start < window[0] or end > window[1]:
-                    problems.append(f"{report.host}/{name} was snapshotted outside the window")
+    for report in reports:
+        held_from = report.local(report.freeze.get("frozen_at"))
+        held_until = _writes_resumed(report)
+        for name, snap in report.snapshot.get("snapshots", {}).items():
+            start = report.local(snap["taken_at"])
+            end = report.local(snap["taken_at"] + snap["seconds"])
+            if not _within(start, end, held_from, held_until):
+                problems.append(f"{report.host}/{name} was snapshotted outside its hold")
     return not problems, problems
+
+
+def _within(start: float | None, end: float | None, low: float | None, high: float | None) -> bool:
+    if start is None or end is None or low is None or high is None:
+        return False
+    return low <= start and end <= high
 
 
 def rp_level(verdicts: list[MemberVerdict]) -> Level:

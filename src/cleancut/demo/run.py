@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from cleancut.catalog import Catalog
 from cleancut.config.load import load_app
 from cleancut.coordinator import Coordinator
 from cleancut.coordinator.repository import repository_access
@@ -110,10 +111,12 @@ def _cleancut(
     loaded = load_app(config)
     access = repository_access(loaded.config.repository, config_file=str(config))
     mover = ResticMover(access)
+    assert loaded.config.catalog is not None
+    catalog = Catalog(loaded.config.catalog)
     result = MethodResult(method)
     levels = []
     for index in range(count):
-        outcome = Coordinator(loaded, access=access, mover=mover).run()
+        outcome = Coordinator(loaded, access=access, mover=mover, catalog=catalog).run()
         manifest = outcome.manifest
         levels.append(manifest.level)
         result.stalls += [h.write_stall for h in manifest.hosts if h.write_stall is not None]

@@ -21,6 +21,9 @@ from cleancut.demo.disks import Datastore
 from cleancut.demo.shop import RESOURCES, ShopPaths, create_shop, write_hook_scripts
 
 DISK_MIB = 64
+#: The receipts share gets one small file per order: ext4 gives a 64 MiB disk only 16,384
+#: inodes, which the shop's load fills in about two minutes, so the share gets more room.
+SHARE_MIB = 256
 
 
 def workspace_base() -> Path:
@@ -102,7 +105,7 @@ def _app_toml(name: str, ws: Path, guest: Path) -> str:
     )
 
 
-def build(stack: ExitStack) -> Workspace:
+def build(stack: ExitStack, *, share_mib: int = SHARE_MIB) -> Workspace:
     """Create the workspace; everything it mounts is undone when ``stack`` closes."""
     as_root = os.geteuid() == 0
     root = Path(tempfile.mkdtemp(prefix="shop-", dir=workspace_base()))
@@ -112,7 +115,8 @@ def build(stack: ExitStack) -> Workspace:
     if as_root:
         datastore = stack.enter_context(Datastore(root / "hypervisor", remove_images=True))
         for name, mountpoint in volumes.items():
-            datastore.add_disk(name, mountpoint, size_mib=DISK_MIB, fstype="ext4")
+            size = share_mib if name == "receipts" else DISK_MIB
+            datastore.add_disk(name, mountpoint, size_mib=size, fstype="ext4")
         why = "root: each volume is an ext4 disk image on an XFS datastore, frozen and cloned"
     else:
         why = (

@@ -36,6 +36,7 @@ class GuestAgent:
         self._write_lock = threading.Lock()
         self._inbox: queue.Queue[object] = queue.Queue()
         self.session: GuestSession | None = None
+        self._input_closed = False
 
     def send(self, message: dict[str, Any]) -> None:
         data = protocol.encode(message)
@@ -53,6 +54,7 @@ class GuestAgent:
                     self._inbox.put(line)
         except (OSError, ValueError):
             pass
+        self._input_closed = True
         session = self.session
         if session is not None and session.watchdog is not None:
             session.watchdog.input_closed()
@@ -81,6 +83,9 @@ class GuestAgent:
             op = message.get("op")
             if not isinstance(ident, int) or op not in protocol.OPERATIONS:
                 raise ProtocolError(f"unknown operation {op!r}")
+            if self._input_closed and op not in ("release", "bye"):
+                # requests queued before the coordinator vanished: start no new phase
+                raise ProtocolError(f"{op!r} not started: the coordinator is gone")
             result = self._dispatch(op, message.get("args") or {})
         except CleancutError as exc:
             self.send(protocol.failure(ident, type(exc).__name__, exc.message))
@@ -105,7 +110,7 @@ class GuestAgent:
         if op == "prepare":
             return session.prepare()
         if op == "freeze":
-            return session.freeze()
+            return session.freeze(snapshot=bool(args.get("snapshot")))
         if op == "snapshot":
             return session.snapshot()
         if op == "thaw":
@@ -113,7 +118,8 @@ class GuestAgent:
         if op == "upload":
             repo = args["repository"]
             access = RepositoryAccess(repo["url"], repo["password"])
-            return session.upload(access, args["app"], args["host"], self.emit)
+            parents = dict(args.get("parents") or {})
+            return session.upload(access, args["app"], args["host"], self.emit, parents)
         return session.release()
 
     def _hello(self, args: dict[str, Any]) -> dict[str, Any]:

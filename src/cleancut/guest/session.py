@@ -11,22 +11,21 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from cleancut.config.guest import GuestConfig
-from cleancut.errors import CleancutError, ProtocolError
+from cleancut.errors import CleancutError, MoverError, ProtocolError
 from cleancut.guest.freezer import Freezer
 from cleancut.guest.hooks import HookSpec, collect_hooks, run_hook
 from cleancut.guest.security import open_trusted
 from cleancut.guest.watchdog import ThawSentinel, Watchdog
+from cleancut.guest.writer_set import WriterSet
 from cleancut.manifest import HookRun
 from cleancut.mover.base import RepositoryAccess
 from cleancut.mover.restic import ResticMover
-from cleancut.providers import make_provider
+from cleancut.providers import make_provider, snapshot_all
 from cleancut.providers.base import Provider, Snapshot
-from cleancut.writers import Writer, make_writer
 
 Emit = Callable[[str, dict[str, Any]], None]
 
@@ -40,16 +39,6 @@ _AFTER = {
 }
 
 
-@dataclass
-class _WriterState:
-    writer: Writer
-    volume: str
-    kind: str
-    ok: bool = True
-    error: str | None = None
-    details: dict[str, Any] = field(default_factory=dict)
-
-
 class GuestSession:
     """The guest's side of one recovery point."""
 
@@ -61,7 +50,7 @@ class GuestSession:
         self.freeze_timeout = 10.0
         self.hooks: list[HookSpec] = []
         self.providers: dict[str, Provider] = {}
-        self.writers: dict[str, _WriterState] = {}
+        self.writers = WriterSet({})
         self.freezer: Freezer | None = None
         self.watchdog: Watchdog | None = None
         self.sentinel: ThawSentinel | None = None
@@ -105,11 +94,8 @@ class GuestSession:
             provider = make_provider(name, volume, staging)
             provider.check()
             self.providers[name] = provider
-        databases: dict[str, Any] = {}
-        for name, database in self.config.databases.items():
-            writer = make_writer(name, database)
-            self.writers[name] = _WriterState(writer, database.volume, database.kind)
-            databases[name] = {"kind": database.kind, "volume": database.volume, **writer.check()}
+        self.writers = WriterSet(dict(self.config.databases))
+        databases = self.writers.check()
         self.freezer = Freezer(self._freeze_paths(), allow_root=self.config.allow_root_freeze)
         self.phase = "hello"
         return {
@@ -146,8 +132,7 @@ class GuestSession:
             runs.append(run)
             if not run.ok and not spec.continue_on_failure:
                 break
-        for state in self.writers.values():
-            self._writer_step(state, state.writer.prepare)
+        self.writers.prepare()
         for provider in self.providers.values():
             provider.prepare(self.rp_id)
         assert self.freezer is not None
@@ -155,38 +140,19 @@ class GuestSession:
             # the host-wide freeze lock and the mount points' descriptors, before the freeze
             self.freezer.open()
         self.phase = "prepare"
-        return {"hooks": [_dump(run) for run in runs], "writers": self._writer_report()}
-
-    def _writer_step(self, state: _WriterState, step: Callable[[], Any]) -> None:
-        if not state.ok:
-            return
-        try:
-            result = step()
-        except CleancutError as exc:
-            state.ok, state.error = False, exc.message
-            return
-        if isinstance(result, dict):
-            state.details.update(result)
-
-    def _writer_report(self) -> dict[str, Any]:
-        return {
-            name: {
-                "kind": s.kind,
-                "volume": s.volume,
-                "ok": s.ok,
-                "error": s.error,
-                "details": s.details,
-            }
-            for name, s in self.writers.items()
-        }
+        return {"hooks": [_dump(run) for run in runs], "writers": self.writers.report()}
 
     # -- freeze / snapshot / thaw ------------------------------------------------------
 
-    def freeze(self) -> dict[str, Any]:
-        """Writers take their holds, then the file systems freeze; the watchdog is armed."""
+    def freeze(self, *, snapshot: bool = False) -> dict[str, Any]:
+        """Writers take their holds, then the file systems freeze; the watchdog is armed.
+
+        With ``snapshot`` the snapshots are taken right away, inside this host's hold: the
+        image is the same whenever it is taken while frozen, and the coordinator saves a
+        round trip of write stall (see :func:`cleancut.coordinator.policy.group_consistent`).
+        """
         self.enter("freeze")
-        for state in self.writers.values():
-            self._writer_step(state, state.writer.hold)
+        self.writers.hold()
         assert self.freezer is not None
         mounts: list[str] = []
         try:
@@ -205,22 +171,20 @@ class GuestSession:
             self.frozen_at = time.time()
             mounts = []
         self.phase = "freeze"
-        return {
+        reply: dict[str, Any] = {
             "frozen_at": self.frozen_at,
             "mounts": mounts,
             "freeze_error": self.freeze_error,
-            "writers": self._writer_report(),
+            "writers": self.writers.report(),
         }
+        if snapshot:
+            reply["snapshot"] = self.snapshot()
+        return reply
 
     def snapshot(self) -> dict[str, Any]:
         """Every provider makes its point-in-time image (inside the freeze: no disk I/O here)."""
         self.enter("snapshot")
-        errors: dict[str, str] = {}
-        for name, provider in self.providers.items():
-            try:
-                self.snapshots[name] = provider.snapshot()
-            except CleancutError as exc:
-                errors[name] = exc.message
+        self.snapshots, errors = snapshot_all(self.providers)
         self.phase = "snapshot"
         fired = self.watchdog.fired if self.watchdog else None
         return {
@@ -244,8 +208,7 @@ class GuestSession:
         thaw_started_at = time.time()
         fired = self._thaw()
         thawed_at = time.time()
-        for state in self.writers.values():
-            self._writer_step(state, state.writer.release)
+        self.writers.release()
         runs = self._run_posts()
         self.phase = "thaw"
         return {
@@ -253,7 +216,7 @@ class GuestSession:
             "thawed_at": thawed_at,
             "self_thawed": fired,
             "self_thawed_at": self._self_thawed_at(fired),
-            "writers": self._writer_report(),
+            "writers": self.writers.report(),
             "hooks": [_dump(run) for run in runs],
         }
 
@@ -289,8 +252,19 @@ class GuestSession:
 
     # -- upload / release --------------------------------------------------------------
 
-    def upload(self, access: RepositoryAccess, app: str, host: str, emit: Emit) -> dict[str, Any]:
-        """Each snapshot into the repository, tagged with application, RP, host and resource."""
+    def upload(
+        self,
+        access: RepositoryAccess,
+        app: str,
+        host: str,
+        emit: Emit,
+        parents: dict[str, str] | None = None,
+    ) -> dict[str, Any]:
+        """Each snapshot into the repository, tagged with application, RP, host and resource.
+
+        ``parents`` are the resources' previous snapshots: restic then skips unchanged files.
+        A parent the repository no longer has only costs a full read, never the upload.
+        """
         self.enter("upload")
         mover = ResticMover(access)
         uploads: dict[str, Any] = {}
@@ -301,7 +275,15 @@ class GuestSession:
                 emit("progress", {"resource": resource, **figures})
 
             tags = {"cleancut": "", "app": app, "rp": self.rp_id, "host": host, "resource": name}
-            result = mover.backup(source, host=host, tags=tags, progress=progress)
+            parent = (parents or {}).get(name)
+            try:
+                result = mover.backup(
+                    source, host=host, tags=tags, progress=progress, parent=parent
+                )
+            except MoverError:
+                if parent is None:
+                    raise
+                result = mover.backup(source, host=host, tags=tags, progress=progress)
             uploads[name] = {
                 "snapshot_id": result.snapshot_id,
                 "bytes_processed": result.bytes_processed,
@@ -318,10 +300,10 @@ class GuestSession:
         for spec in self.hooks:
             if spec.pre:
                 steps.append(f"prepare: run pre-script {spec.name} ({spec.source}): {spec.pre}")
-        for name, state in self.writers.items():
-            steps.append(f"prepare: {state.kind} writer {name}: checkpoint")
-        for name, state in self.writers.items():
-            steps.append(f"freeze: {state.kind} writer {name}: hold writes")
+        for name, kind in self.writers.names():
+            steps.append(f"prepare: {kind} writer {name}: checkpoint")
+        for name, kind in self.writers.names():
+            steps.append(f"freeze: {kind} writer {name}: hold writes")
         assert self.freezer is not None
         for wave in self.freezer.plan:
             names = ", ".join(str(m.mount_point) for m in wave)
@@ -340,8 +322,7 @@ class GuestSession:
         """Thaw, run pending post-scripts, end holds, delete local snapshots. Never raises."""
         fired = self._thaw()
         runs = self._run_posts()
-        for state in self.writers.values():
-            state.writer.close()
+        self.writers.close()
         errors: list[str] = []
         for provider in self.providers.values():
             try:

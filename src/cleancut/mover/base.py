@@ -65,8 +65,12 @@ class Mover(abc.ABC):
         host: str,
         tags: dict[str, str],
         progress: ProgressCallback | None = None,
+        parent: str | None = None,
     ) -> Upload:
-        """Back up a file or a tree; the repository stores it relative to ``source``."""
+        """Back up a file or a tree; the repository stores it relative to ``source``.
+
+        ``parent`` names the resource's previous snapshot, so unchanged files are skipped.
+        """
 
     @abc.abstractmethod
     def backup_bytes(

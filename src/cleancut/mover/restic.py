@@ -135,9 +135,17 @@ class ResticMover(Mover):
         host: str,
         tags: dict[str, str],
         progress: ProgressCallback | None = None,
+        parent: str | None = None,
     ) -> Upload:
-        """Back up a tree (stored from its root) or one file (stored under its name)."""
+        """Back up a tree (stored from its root) or one file (stored under its name).
+
+        With ``parent`` (the same resource's previous snapshot) restic skips files whose
+        size and mtime are unchanged. Snapshots are clones or copies, new files every time,
+        so inode and ctime always differ and are not compared.
+        """
         argv, cwd = self._backup_argv(source, host, tags)
+        if parent is not None:
+            argv[-1:-1] = ["--parent", parent, "--ignore-inode", "--ignore-ctime"]
         reader = _BackupOutput(progress)
         returncode, stderr = self._stream(argv, cwd, reader.line)
         if returncode != 0:

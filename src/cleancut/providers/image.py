@@ -138,9 +138,12 @@ class ImageProvider(Provider):
         taken_at, started = time.time(), time.monotonic()
         try:
             clone_fd(self._src_fd, self._dst_fd, self._dest)
+            seconds = time.monotonic() - started
+            # the clone carries the image's mtime, so an unchanged image is skipped on upload
+            source = os.fstat(self._src_fd)
+            os.utime(self._dst_fd, ns=(source.st_atime_ns, source.st_mtime_ns))
         finally:
             self._close()
-        seconds = time.monotonic() - started
         return Snapshot(
             path=self._dest,
             layout="file",

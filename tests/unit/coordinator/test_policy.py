@@ -303,21 +303,35 @@ def test_no_overlap_means_no_window_and_not_consistent() -> None:
     assert "the hosts had no common quiet window" in problems
 
 
-def test_snapshot_outside_the_window_is_not_group_consistent() -> None:
-    # a snapshots before b has frozen: its image is older than b's writes stopped
+def test_snapshot_before_the_other_host_froze_is_still_consistent() -> None:
+    # a's image, taken while a is frozen, is a's state during all of a's hold, which
+    # overlaps b's: both show the instants of the common window
     a = report(host="a", frozen_at=100.0, taken_at=100.05, thaw_started_at=101.0)
     b = report(host="b", frozen_at=100.2, taken_at=100.3, thaw_started_at=101.0)
-    consistent, problems = group_consistent([a, b], [judge(a), judge(b)])
-    assert not consistent
-    assert problems == ["a/orders was snapshotted outside the window"]
+    assert group_consistent([a, b], [judge(a), judge(b)]) == (True, [])
 
 
-def test_snapshot_running_past_the_first_thaw_is_outside() -> None:
-    a = report(host="a", frozen_at=100.0, taken_at=100.1, seconds=0.1, thaw_started_at=100.5)
-    b = report(host="b", frozen_at=100.0, taken_at=100.1, seconds=0.6, thaw_started_at=101.0)
+def test_snapshot_before_its_own_freeze_is_not_group_consistent() -> None:
+    a = report(host="a", frozen_at=100.0, taken_at=99.9, thaw_started_at=101.0)
+    b = report(host="b", frozen_at=100.0, taken_at=100.3, thaw_started_at=101.0)
     consistent, problems = group_consistent([a, b], [judge(a), judge(b)])
     assert not consistent
-    assert problems == ["b/orders was snapshotted outside the window"]
+    assert problems == ["a/orders was snapshotted outside its hold"]
+
+
+def test_snapshot_running_past_its_own_self_thaw_is_outside() -> None:
+    a = report(host="a", frozen_at=100.0, taken_at=100.1, seconds=0.1, thaw_started_at=100.9)
+    b = report(
+        host="b",
+        frozen_at=100.0,
+        taken_at=100.1,
+        seconds=0.6,
+        thaw_started_at=101.0,
+        self_thawed_at=100.5,
+    )
+    consistent, problems = group_consistent([a, b], [judge(a), judge(b)])
+    assert not consistent
+    assert "b/orders was snapshotted outside its hold" in problems
 
 
 def test_unfrozen_unheld_member_breaks_group_consistency() -> None:
