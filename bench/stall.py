@@ -11,10 +11,12 @@ order rotating each round), so they all meet the same load:
 * the same hand-made cut with the three freezes, the three copies and the three thaws
   each in parallel.
 
-cleancut's stall is the manifest's per-host ``write_stall`` (from every file system frozen
-to every one thawed, on the guest's clock); the hand-made stall runs from the first
-FIFREEZE returning to the last FITHAW returning. Each cleancut cut also uploads its images
-to the demo's restic repository; that is part of the cut's wall time, not of its stall.
+Both stalls are measured the same way, as the time writers wait: cleancut's is the
+manifest's per-host ``write_stall`` (from the first hold — a SQLite writer's lock or the
+first FIFREEZE call — to the last release, on the guest's clock); the hand-made stall runs
+from the first FIFREEZE call to the last FITHAW returning. Each cleancut cut also uploads
+its images to the demo's restic repository; that is part of the cut's wall time, not of
+its stall.
 
 The shop writes a receipt file per order, ~150 a second, and a 64 MiB ext4 disk has 16384
 inodes: between rounds the benchmark deletes the oldest receipts (outside every measured
@@ -132,7 +134,7 @@ class Measured:
     """One cut: its write stall, and what else the method reports."""
 
     stall: float
-    #: hand-made: from the last FIFREEZE returning (cleancut's definition) to the last thaw
+    #: hand-made: from the last FIFREEZE returning (all frozen) to the last thaw
     all_frozen_stall: float | None = None
     #: cleancut: the whole cut, uploads and commit included
     wall: float | None = None
@@ -165,14 +167,14 @@ class HandCut:
         target.mkdir(parents=True)
         pairs = [(disk.image, target / f"{disk.name}.img") for disk in self.disks]
         frozen: list[int] = []
-        first_frozen = last_frozen = 0.0
+        last_frozen = 0.0
+        freeze_called = time.monotonic()  # writers block from the first FIFREEZE call on
         try:
             results = _ioctl_all(self.fds, FIFREEZE, parallel)
             frozen = [fd for fd, (_, err) in zip(self.fds, results, strict=True) if err is None]
             for _, err in results:
                 if err is not None:
                     raise err
-            first_frozen = min(t for t, _ in results)
             last_frozen = max(t for t, _ in results)
             _clone_all(pairs, parallel)
         finally:
@@ -182,7 +184,7 @@ class HandCut:
                     _thaw_quietly(fd)
             shutil.rmtree(target, ignore_errors=True)
         thawed = max(t for t, _ in thaws)
-        return Measured(thawed - first_frozen, all_frozen_stall=thawed - last_frozen)
+        return Measured(thawed - freeze_called, all_frozen_stall=thawed - last_frozen)
 
 
 def _thaw_quietly(fd: int) -> None:
@@ -287,7 +289,7 @@ def report(runs: Runs, seconds: float, warmup: bool) -> str:
     for name in (HAND_SEQ, HAND_PAR):
         inner = Series(name, tuple(m.all_frozen_stall or 0.0 for m in measured[name]))
         lines.append(
-            f"{name}, from the last FIFREEZE returning (cleancut's definition): "
+            f"{name}, from the last FIFREEZE returning (all frozen): "
             f"p50 {ms(inner.p50)} ms, p99 {ms(inner.p99)} ms"
         )
     for name in (HOOKS, PLAIN):
@@ -303,9 +305,10 @@ def report(runs: Runs, seconds: float, warmup: bool) -> str:
         for error in sorted(set(errors)):
             lines.append(f"{name}: failed {errors.count(error)}x: {error}")
     lines += [
-        "cleancut's stall is the manifest's hosts[*].write_stall (every file system frozen ->",
-        "every one thawed); the hand-made stall runs from the first FIFREEZE returning to the",
-        "last FITHAW returning (FIFREEZE/FITHAW ioctls, `cp --reflink=always` per image).",
+        "cleancut's stall is the manifest's hosts[*].write_stall (first hold - a writer's lock",
+        "or the first FIFREEZE call - to the last release); the hand-made stall runs from the",
+        "first FIFREEZE call to the last FITHAW returning (FIFREEZE/FITHAW ioctls, one",
+        "`cp --reflink=always` per image).",
     ]
     return "\n".join(lines)
 

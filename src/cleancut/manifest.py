@@ -78,7 +78,12 @@ class Member(BaseModel):
 
 
 class HostTimings(BaseModel):
-    """One host's view of the cut, on the coordinator's clock."""
+    """One host's view of the cut, on the coordinator's clock.
+
+    ``write_stall`` runs from the first hold (a writer's lock or FIFREEZE) to the last
+    release: what the applications on the host waited for. The quiet window uses
+    ``frozen_at`` (all held) and ``thaw_started_at``.
+    """
 
     host: str
     clock_offset: float = 0.0

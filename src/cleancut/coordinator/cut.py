@@ -191,8 +191,12 @@ class Coordinator:
             for name, answer in self._all("prepare", timeout=None).items():
                 self.reports[name].prepare = answer
             self._abort_before_freeze()
-            # each guest snapshots inside its own freeze: one round trip less of write stall
-            frozen = self._all("freeze", lambda _n: {"snapshot": True}, timeout=timeout + _SLACK)
+            # each guest snapshots inside its own freeze: one round trip less of write stall;
+            # a lone host's hold is the whole quiet window, so it thaws without waiting
+            alone = len(self.channels) == 1
+            frozen = self._all(
+                "freeze", lambda _n: {"snapshot": True, "thaw": alone}, timeout=timeout + _SLACK
+            )
             for name, answer in frozen.items():
                 self.reports[name].snapshot = answer.pop("snapshot")
                 self.reports[name].freeze = answer

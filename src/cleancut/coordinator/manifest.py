@@ -79,9 +79,14 @@ def _timings(report: HostReport) -> HostTimings:
     frozen_at = report.local(report.freeze.get("frozen_at"))
     thawed_at = report.local(report.thaw.get("thawed_at"))
     if report.self_thawed_at is not None and thawed_at is not None:
-        thawed_at = min(thawed_at, report.self_thawed_at)  # the watchdog ended the stall
+        thawed_at = min(thawed_at, report.self_thawed_at)  # the watchdog ended the freeze
     held = bool(report.freeze.get("mounts")) or bool(report.writers())
-    stall = thawed_at - frozen_at if held and frozen_at and thawed_at else None
+    # the stall writers saw: from the first hold (writer or FIFREEZE) to the last release
+    started = report.local(report.freeze.get("hold_started_at")) or frozen_at
+    ended = report.local(report.thaw.get("hold_ended_at")) or thawed_at
+    if report.self_thawed_at is not None and ended is not None and not report.writers():
+        ended = min(ended, report.self_thawed_at)
+    stall = ended - started if held and started and ended else None
     snapshots = report.snapshot.get("snapshots", {}).values()
     return HostTimings(
         host=report.host,

@@ -110,7 +110,7 @@ class GuestAgent:
         if op == "prepare":
             return session.prepare()
         if op == "freeze":
-            return session.freeze(snapshot=bool(args.get("snapshot")))
+            return session.freeze(snapshot=bool(args.get("snapshot")), thaw=bool(args.get("thaw")))
         if op == "snapshot":
             return session.snapshot()
         if op == "thaw":

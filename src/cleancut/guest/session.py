@@ -59,6 +59,7 @@ class GuestSession:
         self.post_ran: set[str] = set()
         self.frozen_at: float | None = None
         self.freeze_error: str | None = None
+        self._thaw_times: dict[str, Any] | None = None
 
     # -- phase bookkeeping -------------------------------------------------------------
 
@@ -144,14 +145,18 @@ class GuestSession:
 
     # -- freeze / snapshot / thaw ------------------------------------------------------
 
-    def freeze(self, *, snapshot: bool = False) -> dict[str, Any]:
+    def freeze(self, *, snapshot: bool = False, thaw: bool = False) -> dict[str, Any]:
         """Writers take their holds, then the file systems freeze; the watchdog is armed.
 
         With ``snapshot`` the snapshots are taken right away, inside this host's hold: the
         image is the same whenever it is taken while frozen, and the coordinator saves a
         round trip of write stall (see :func:`cleancut.coordinator.policy.group_consistent`).
+        With ``thaw`` as well (a cut of one host: its own hold is the whole quiet window) the
+        holds end right after the snapshots; ``thaw`` then only runs the post-scripts.
         """
         self.enter("freeze")
+        # the write stall starts here: writers' holds and the freeze both block writes
+        hold_started_at = time.time()
         self.writers.hold()
         assert self.freezer is not None
         mounts: list[str] = []
@@ -172,6 +177,7 @@ class GuestSession:
             mounts = []
         self.phase = "freeze"
         reply: dict[str, Any] = {
+            "hold_started_at": hold_started_at,
             "frozen_at": self.frozen_at,
             "mounts": mounts,
             "freeze_error": self.freeze_error,
@@ -179,6 +185,8 @@ class GuestSession:
         }
         if snapshot:
             reply["snapshot"] = self.snapshot()
+            if thaw:
+                self._end_holds()
         return reply
 
     def snapshot(self) -> dict[str, Any]:
@@ -205,20 +213,27 @@ class GuestSession:
     def thaw(self) -> dict[str, Any]:
         """Thaw in reverse order, end the writers' holds, run the post-scripts."""
         self.enter("thaw")
-        thaw_started_at = time.time()
-        fired = self._thaw()
-        thawed_at = time.time()
-        self.writers.release()
+        times = self._end_holds()
         runs = self._run_posts()
         self.phase = "thaw"
-        return {
-            "thaw_started_at": thaw_started_at,
-            "thawed_at": thawed_at,
-            "self_thawed": fired,
-            "self_thawed_at": self._self_thawed_at(fired),
-            "writers": self.writers.report(),
-            "hooks": [_dump(run) for run in runs],
-        }
+        return {**times, "writers": self.writers.report(), "hooks": [_dump(r) for r in runs]}
+
+    def _end_holds(self) -> dict[str, Any]:
+        """Thaw the file systems and end the writers' holds, once; returns when it happened."""
+        if self._thaw_times is None:
+            thaw_started_at = time.time()
+            fired = self._thaw()
+            frozen_until = self.freezer.thawed_at if self.freezer else None
+            thawed_at = frozen_until or time.time()
+            self.writers.release()
+            self._thaw_times = {
+                "thaw_started_at": thaw_started_at,
+                "thawed_at": thawed_at,
+                "hold_ended_at": time.time(),
+                "self_thawed": fired,
+                "self_thawed_at": self._self_thawed_at(fired),
+            }
+        return self._thaw_times
 
     def _self_thawed_at(self, fired: str | None) -> float | None:
         """When the watchdog thawed (the freezer's thaw time), if it did."""
