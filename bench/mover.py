@@ -193,8 +193,9 @@ def report(mib: int, figures: dict[str, tuple[float, float, float]], seconds: fl
             "  fresh `cp --reflink=always` copy of the same image (a new file each run, as the",
             "  clone is)",
             "copy: cleancut copies the tree to staging (frozen meanwhile) and uploads the copy;",
-            "  bare restic backs up the mounted directory itself (the second time restic skips",
-            "  the unchanged files; cleancut's copy is a new tree at a new path every time)",
+            "  bare restic backs up the mounted directory itself; the second time both skip the",
+            "  unchanged files (cleancut names the previous RP's snapshot as restic's parent),",
+            "  but cleancut has copied the whole tree first: that copy is the copy provider's cost",
             "bare restic's first backup includes its `restic init` "
             f"({', '.join(f'{s:.2f} s' for s in inits)}), as cleancut's first backup inits its own",
         ]

@@ -8,11 +8,13 @@ carries diagnostics only; nothing is logged to disk.
 
 from __future__ import annotations
 
+import os
 import queue
 import sys
 import threading
 import time
 import traceback
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -49,7 +51,7 @@ class GuestAgent:
 
     def _read_stdin(self) -> None:
         try:
-            for line in iter(self._stdin.readline, b""):
+            for line in _lines(self._stdin):
                 if line.strip():
                     self._inbox.put(line)
         except (OSError, ValueError):
@@ -140,6 +142,27 @@ class GuestAgent:
             "time": time.time(),
             "inventory": inventory,
         }
+
+
+def _lines(stream: BinaryIO) -> Iterator[bytes]:
+    """Lines from ``stream``, read from its file descriptor when it has one.
+
+    Reading the descriptor directly keeps the buffered reader's lock free: a daemon thread
+    blocked in ``readline`` would make the interpreter wait at exit for a second.
+    """
+    try:
+        fd = stream.fileno()
+    except (OSError, ValueError):
+        yield from iter(stream.readline, b"")
+        return
+    pending = b""
+    while chunk := os.read(fd, 65536):
+        pending += chunk
+        *lines, pending = pending.split(b"\n")
+        for line in lines:
+            yield line + b"\n"
+    if pending:
+        yield pending
 
 
 def run_agent(config_path: Path) -> int:
