@@ -8,7 +8,7 @@ import sys
 import typer
 from rich.table import Table
 
-from cleancut.cli.output import err, fmt_ms, out
+from cleancut.cli.output import err, fmt_ms, out, print_table
 from cleancut.demo.run import DemoResult, run_demo
 
 COLUMNS = (
@@ -58,15 +58,7 @@ def render(result: DemoResult) -> None:
             fmt_ms(row.stall(50)),
             fmt_ms(row.stall(99)),
         )
-    if out.is_terminal:
-        out.print(table)
-    else:  # a pipe gets 80 columns by default: too narrow for eight columns of figures
-        width = out.width
-        out.width = 130
-        try:
-            out.print(table)
-        finally:
-            out.width = width
+    print_table(table)
     for problem in result.problems:
         err.print(f"UNEXPECTED: {problem}", markup=False)
     if not result.problems:

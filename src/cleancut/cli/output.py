@@ -23,11 +23,25 @@ from rich.progress import (
     TimeRemainingColumn,
     TransferSpeedColumn,
 )
+from rich.table import Table
 
 # NO_COLOR (any non-empty value) turns off every escape code: rich alone would still send bold.
 _COLOR_SYSTEM: Literal["auto"] | None = None if os.environ.get("NO_COLOR") else "auto"
 out = Console(highlight=False, soft_wrap=True, color_system=_COLOR_SYSTEM)
 err = Console(stderr=True, highlight=False, soft_wrap=True, color_system=_COLOR_SYSTEM)
+
+
+def print_table(table: Table) -> None:
+    """A table on stdout; a pipe gets 80 columns by default, too narrow for ids and figures."""
+    if out.is_terminal:
+        out.print(table)
+        return
+    width = out.width
+    out.width = 160
+    try:
+        out.print(table)
+    finally:
+        out.width = width
 
 
 def emit_json(kind: str, data: dict[str, Any]) -> None:

@@ -7,7 +7,7 @@ from pathlib import Path
 from rich.table import Table
 
 from cleancut.cli.common import APP_CONFIG, JSON, load, open_catalog
-from cleancut.cli.output import emit_json, fmt_bytes, fmt_ms, out
+from cleancut.cli.output import emit_json, fmt_bytes, fmt_ms, out, print_table
 
 
 def points(config: Path = APP_CONFIG, json_output: bool = JSON) -> None:
@@ -35,8 +35,9 @@ def points(config: Path = APP_CONFIG, json_output: bool = JSON) -> None:
             )
         return
     table = Table(title=f"recovery points of {loaded.config.name}")
-    for column in ("RP", "time (UTC)", "level", "group-consistent", "write stall", "size"):
-        table.add_column(column)
+    table.add_column("RP", no_wrap=True)
+    for column in ("time (UTC)", "level", "group-consistent", "write stall", "size"):
+        table.add_column(column, no_wrap=True)
     for entry in entries:
         m = entry.manifest
         table.add_row(
@@ -47,6 +48,6 @@ def points(config: Path = APP_CONFIG, json_output: bool = JSON) -> None:
             fmt_ms(m.max_write_stall),
             fmt_bytes(m.size),
         )
-    out.print(table)
+    print_table(table)
     if not entries:
         out.print("no recovery points yet: run `cleancut backup` (or `cleancut catalog rebuild`)")
