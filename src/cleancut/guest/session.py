@@ -155,19 +155,21 @@ class GuestSession:
         holds end right after the snapshots; ``thaw`` then only runs the post-scripts.
         """
         self.enter("freeze")
-        # the write stall starts here: writers' holds and the freeze both block writes
-        hold_started_at = time.time()
-        self.writers.hold()
         assert self.freezer is not None
-        mounts: list[str] = []
+        freezer = self.freezer
+        mounts = [str(m.mount_point) for m in freezer.mounts]
+        hold_started_at = time.time()
         try:
-            mounts = [str(m.mount_point) for m in self.freezer.mounts]
-            if mounts:
-                freezer = self.freezer
+            if mounts:  # the safety nets first: they are up before anything is held
                 self.watchdog = Watchdog(lambda _reason: _thaw_quietly(freezer))
                 self.sentinel = freezer.sentinel(self.freeze_timeout)
                 self.sentinel.start()
+            # the write stall starts here: writers' holds and the freeze both block writes
+            hold_started_at = time.time()
+            self.writers.hold()
+            if mounts:
                 self.frozen_at = freezer.freeze()
+                assert self.watchdog is not None
                 self.watchdog.arm(self.freeze_timeout)
             else:
                 self.frozen_at = time.time()
@@ -222,14 +224,16 @@ class GuestSession:
         """Thaw the file systems and end the writers' holds, once; returns when it happened."""
         if self._thaw_times is None:
             thaw_started_at = time.time()
-            fired = self._thaw()
+            fired = self._thaw(finish_sentinel=False)
             frozen_until = self.freezer.thawed_at if self.freezer else None
             thawed_at = frozen_until or time.time()
             self.writers.release()
+            hold_ended_at = time.time()
+            self._finish_sentinel()  # reaping the sentinel is no part of the stall
             self._thaw_times = {
                 "thaw_started_at": thaw_started_at,
                 "thawed_at": thawed_at,
-                "hold_ended_at": time.time(),
+                "hold_ended_at": hold_ended_at,
                 "self_thawed": fired,
                 "self_thawed_at": self._self_thawed_at(fired),
             }
@@ -241,17 +245,21 @@ class GuestSession:
             return None
         return self.freezer.thawed_at
 
-    def _thaw(self) -> str | None:
+    def _thaw(self, *, finish_sentinel: bool = True) -> str | None:
         fired = None
         if self.watchdog is not None:
             self.watchdog.disarm()
             fired = self.watchdog.fired
         if self.freezer is not None:
             self.freezer.thaw()
+        if finish_sentinel:
+            self._finish_sentinel()
+        return fired
+
+    def _finish_sentinel(self) -> None:
         if self.sentinel is not None:
             self.sentinel.finish()
             self.sentinel = None
-        return fired
 
     def _run_posts(self) -> list[HookRun]:
         """Post-scripts of every hook whose pre-script ran, and of post-only hooks."""
