@@ -15,7 +15,7 @@ from cleancut.config.guest import GuestConfig
 from cleancut.config.load import load_app, load_guest
 from cleancut.config.samples import APP_SAMPLE, GUEST_SAMPLE
 from cleancut.guest.hooks import collect_hooks
-from cleancut.guest.security import check_config_file, open_trusted
+from cleancut.guest.security import load_trusted_guest, open_trusted
 
 app = typer.Typer(
     help="Check, generate, show and describe configuration files.", no_args_is_help=True
@@ -24,8 +24,7 @@ app = typer.Typer(
 
 def check_guest(path: Path) -> GuestConfig:
     """A guest config as its agent would accept it: permissions, keys, hooks and their scripts."""
-    check_config_file(path)
-    config = load_guest(path)
+    config = load_trusted_guest(path)
     for spec in collect_hooks(config):
         for argv, pin in ((spec.pre, spec.pre_sha256), (spec.post, spec.post_sha256)):
             if argv is not None:

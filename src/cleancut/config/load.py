@@ -34,10 +34,15 @@ def read_toml(path: Path) -> dict[str, Any]:
         raise ConfigError("no such file", file=str(path), hint="check the path") from None
     except OSError as exc:
         raise ConfigError(f"cannot read: {exc.strerror}", file=str(path)) from exc
+    return parse_toml(text, str(path))
+
+
+def parse_toml(text: str, file: str) -> dict[str, Any]:
+    """The parsed TOML ``text`` of ``file``, or a ConfigError naming the file and line."""
     try:
         return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"not valid TOML: {exc}", file=str(path)) from exc
+        raise ConfigError(f"not valid TOML: {exc}", file=file) from exc
 
 
 def validate(model: type[M], data: dict[str, Any], file: str) -> M:
@@ -74,6 +79,15 @@ def load_app(path: Path) -> LoadedApp:
 def load_guest(path: Path) -> GuestConfig:
     """The guest config at ``path`` (permission checks are the guest's job, before this)."""
     return validate(GuestConfig, read_toml(path), str(path))
+
+
+def parse_guest(data: bytes, file: str) -> GuestConfig:
+    """A guest config from bytes already read (from a checked descriptor, without a race)."""
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"not UTF-8 text: {exc}", file=file) from exc
+    return validate(GuestConfig, parse_toml(text, file), file)
 
 
 def _describe(model: type[BaseModel], error: Any) -> tuple[str, str]:

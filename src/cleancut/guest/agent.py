@@ -19,9 +19,8 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from cleancut import __version__, protocol
-from cleancut.config.load import load_guest
 from cleancut.errors import CleancutError, ProtocolError
-from cleancut.guest.security import check_config_file
+from cleancut.guest.security import load_trusted_guest
 from cleancut.guest.session import GuestSession
 from cleancut.mover.base import RepositoryAccess
 
@@ -132,8 +131,7 @@ class GuestAgent:
             )
         if self.session is not None:
             raise ProtocolError("hello sent twice")
-        check_config_file(self.config_path)
-        config = load_guest(self.config_path)
+        config = load_trusted_guest(self.config_path)
         self.session = GuestSession(config, self.config_path)
         inventory = self.session.hello(str(args["rp_id"]), float(args["freeze_timeout"]))
         return {

@@ -26,6 +26,8 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from types import TracebackType
 
+from cleancut.config.guest import GuestConfig
+from cleancut.config.load import parse_guest
 from cleancut.errors import HookSecurityError
 
 _MAX_SYMLINKS = 40
@@ -81,6 +83,12 @@ def check_config_file(path: Path) -> None:
 def open_config(path: Path) -> TrustedFile:
     """``path`` opened after the config-file checks, so its content can be read without a race."""
     return _open_checked(path, executable=False, sha256=None)
+
+
+def load_trusted_guest(path: Path) -> GuestConfig:
+    """The guest config at ``path``, checked and then parsed from the same descriptor."""
+    with open_config(path) as trusted:
+        return parse_guest(trusted.read_bytes(), str(path))
 
 
 def open_trusted(path: Path, *, sha256: str | None = None) -> TrustedFile:
