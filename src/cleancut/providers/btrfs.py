@@ -18,7 +18,7 @@ from typing import Any, ClassVar, Literal
 from cleancut.config.guest import Volume
 from cleancut.errors import ProviderError
 from cleancut.providers.base import Provider, Snapshot
-from cleancut.providers.copy import rp_folder, snapshot_root
+from cleancut.providers.copy import claim_destination, rp_folder, snapshot_root
 from cleancut.providers.ficlone import filesystem_of
 
 #: the inode number of every btrfs subvolume's root directory (BTRFS_FIRST_FREE_OBJECTID)
@@ -78,12 +78,7 @@ class BtrfsProvider(Provider):
     def prepare(self, rp_id: str) -> None:
         self.check()
         dest = self.destination(rp_id)
-        if os.path.lexists(dest):
-            raise ProviderError(
-                f"volume {self.name}: {dest} already exists; a previous run with the same "
-                "recovery point id left it: delete it with `btrfs subvolume delete`"
-            )
-        dest.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        claim_destination(self.name, dest, "delete it with `btrfs subvolume delete`")
         self._dest = dest
 
     def snapshot(self) -> Snapshot:

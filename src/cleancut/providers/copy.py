@@ -47,6 +47,16 @@ def rp_folder(root: Path, rp_id: str) -> Path:
     return root / rp_id
 
 
+def claim_destination(volume: str, dest: Path, remedy: str = "delete it") -> None:
+    """Create ``dest``'s folder for a new snapshot; refuse one a previous run left behind."""
+    if os.path.lexists(dest):
+        raise ProviderError(
+            f"volume {volume}: {dest} already exists; a previous run with the same "
+            f"recovery point id left it: {remedy}"
+        )
+    dest.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+
+
 def snapshot_root(path: Path, configured: Path | None) -> Path:
     """Where an in-place provider (btrfs, reflink) keeps snapshots of the volume at ``path``.
 
@@ -209,12 +219,7 @@ class CopyProvider(Provider):
     def prepare(self, rp_id: str) -> None:
         dest = self.destination(rp_id)
         self._rp_dir = dest.parent
-        if os.path.lexists(dest):
-            raise ProviderError(
-                f"volume {self.name}: {dest} already exists; a previous run with the same "
-                "recovery point id left it: delete it"
-            )
-        dest.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        claim_destination(self.name, dest)
 
     def snapshot(self) -> Snapshot:
         if self._rp_dir is None:

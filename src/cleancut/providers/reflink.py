@@ -8,7 +8,6 @@ The clones are written inside the volume's file system, so it must **not** be fr
 
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 from typing import Any, ClassVar, Literal
@@ -16,7 +15,13 @@ from typing import Any, ClassVar, Literal
 from cleancut.config.guest import Volume
 from cleancut.errors import ProviderError
 from cleancut.providers.base import Provider, Snapshot
-from cleancut.providers.copy import copy_tree, discard, rp_folder, snapshot_root
+from cleancut.providers.copy import (
+    claim_destination,
+    copy_tree,
+    discard,
+    rp_folder,
+    snapshot_root,
+)
 from cleancut.providers.ficlone import clone_file, filesystem_of, require_reflink
 
 
@@ -68,12 +73,7 @@ class ReflinkProvider(Provider):
     def prepare(self, rp_id: str) -> None:
         self.check()
         dest = self.destination(rp_id)
-        if os.path.lexists(dest):
-            raise ProviderError(
-                f"volume {self.name}: {dest} already exists; a previous run with the same "
-                "recovery point id left it: delete it"
-            )
-        dest.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        claim_destination(self.name, dest)
         self._dest = dest
 
     def snapshot(self) -> Snapshot:
