@@ -108,6 +108,7 @@ def restore_rp(
 ) -> RestoreReport:
     """Every resource of ``manifest`` under ``target``, checked."""
     check_target(manifest, target, in_place=in_place)
+    _check_stored(manifest)
     target.mkdir(parents=True, exist_ok=True)
     restored = []
     for member in manifest.members:
@@ -172,6 +173,7 @@ def restore_in_place(
     off); a tree's contents are replaced by the snapshot's, extra files removed. Stop the
     application first: cleancut cannot know who else writes there.
     """
+    _check_stored(manifest)
     for member in manifest.members:
         if member.layout == "file":
             image = Path(member.image_path or "")
@@ -190,6 +192,16 @@ def restore_in_place(
         else:
             restored.append(_replace_tree(member, mover, sink))
     return RestoreReport(manifest.rp_id, Path("/"), restored)
+
+
+def _check_stored(manifest: Manifest) -> None:
+    """Refuse, before anything is written, a recovery point with a member that has no data."""
+    missing = [f"{m.host}/{m.resource}" for m in manifest.members if not m.repository_snapshot]
+    if missing:
+        raise CleancutError(
+            f"recovery point {manifest.rp_id} has no stored snapshot of {', '.join(missing)}; "
+            "restore another one (cleancut points)"
+        )
 
 
 def _member_progress(
@@ -273,8 +285,12 @@ def attached_read_only(image: Path, fstype: str | None) -> Iterator[Path]:
     if os.geteuid() != 0:
         raise CleancutError("--extract mounts the restored disk image and needs root")
     options = _MOUNT_OPTIONS.get(fstype or "", "ro")
-    device = _run(["losetup", "--find", "--show", "--read-only", str(image)]).strip()
     mount_dir = Path(tempfile.mkdtemp(prefix="cleancut-extract-"))
+    try:
+        device = _run(["losetup", "--find", "--show", "--read-only", str(image)]).strip()
+    except CleancutError:
+        mount_dir.rmdir()
+        raise
     try:
         _run(["mount", "-o", options, device, str(mount_dir)])
         try:

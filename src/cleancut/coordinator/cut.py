@@ -27,7 +27,7 @@ from cleancut.coordinator.policy import (
     judge_member,
     rp_level,
 )
-from cleancut.errors import CleancutError, PolicyAbort
+from cleancut.errors import CleancutError, HostFailed, PolicyAbort
 from cleancut.manifest import MANIFEST_FILENAME, MANIFEST_TAG, Manifest, new_rp_id
 from cleancut.mover.base import Mover, RepositoryAccess
 from cleancut.transport import Channel, open_channel
@@ -74,6 +74,7 @@ class Coordinator:
         self.rp_id = new_rp_id()
         self.channels: dict[str, Channel] = {}
         self.reports: dict[str, HostReport] = {}
+        self._round_trip: dict[str, tuple[float, float]] = {}
 
     # -- plumbing ----------------------------------------------------------------------
 
@@ -96,9 +97,12 @@ class Coordinator:
 
         def one(name: str) -> dict[str, Any]:
             sink = on_event(name) if on_event else None
-            return self.channels[name].call(
+            sent = time.time()
+            answer = self.channels[name].call(
                 op, args(name) if args else {}, timeout=timeout, on_event=sink
             )
+            self._round_trip[name] = (sent, time.time())
+            return answer
 
         with ThreadPoolExecutor(max_workers=max(1, len(self.channels))) as pool:
             futures = {name: pool.submit(one, name) for name in self.channels}
@@ -115,7 +119,6 @@ class Coordinator:
 
     def _hello(self) -> None:
         timeout = self.config.freeze_timeout
-        sent = time.time()
         answers = self._all(
             "hello",
             lambda _name: {
@@ -126,17 +129,19 @@ class Coordinator:
             },
             timeout=_HELLO_TIMEOUT,
         )
-        received = time.time()
         for name, answer in answers.items():
             report = self.reports[name]
             report.hello = answer
-            # Offset from the round trip's midpoint; the barrier makes it a bound, which is
-            # all the quiet-window arithmetic needs on one machine or a LAN.
-            report.clock_offset = float(answer["time"]) - (sent + received) / 2
+            # NTP's estimate from this host's own round trip: the guest stamps when the
+            # request arrived and when it answered, so its hello's work does not count
+            sent, received = self._round_trip[name]
+            arrived, answered = float(answer["received_at"]), float(answer["time"])
+            report.clock_offset = ((arrived - sent) + (answered - received)) / 2
 
     def _release_all(self) -> None:
-        """Best effort on every host: thaw, post-scripts, end holds, delete snapshots."""
-        for name, channel in self.channels.items():
+        """Best effort on every host at once: thaw, end holds, post-scripts, delete snapshots."""
+
+        def release(name: str, channel: Channel) -> None:
             try:
                 result = channel.call("release", timeout=120)
                 for run in result.get("hooks", []):
@@ -146,6 +151,10 @@ class Coordinator:
                 pass
             finally:
                 channel.close()
+
+        with ThreadPoolExecutor(max_workers=max(1, len(self.channels))) as pool:
+            for name, channel in self.channels.items():
+                pool.submit(release, name, channel)
 
     # -- the cut -----------------------------------------------------------------------
 
@@ -235,6 +244,13 @@ class Coordinator:
 
     def _judge(self, created: datetime) -> Manifest:
         reports = list(self.reports.values())
+        missing = [
+            f"host {r.host}: volume {name}: {error}"
+            for r in reports
+            for name, error in r.snapshot.get("errors", {}).items()
+        ]
+        if missing:  # a recovery point must be restorable whole, "degrade" or not
+            raise HostFailed("no snapshot was made of " + "; ".join(missing))
         verdicts = [judge_member(r, name) for r in reports for name in r.volumes]
         consistent, problems = group_consistent(reports, verdicts)
         level = rp_level(verdicts)

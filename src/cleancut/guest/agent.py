@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import queue
+import signal
 import sys
 import threading
 import time
@@ -37,7 +38,7 @@ class GuestAgent:
         self._write_lock = threading.Lock()
         self._inbox: queue.Queue[object] = queue.Queue()
         self.session: GuestSession | None = None
-        self._input_closed = False
+        self._input_closed = threading.Event()
 
     def send(self, message: dict[str, Any]) -> None:
         data = protocol.encode(message)
@@ -55,7 +56,7 @@ class GuestAgent:
                     self._inbox.put(line)
         except (OSError, ValueError):
             pass
-        self._input_closed = True
+        self._input_closed.set()
         session = self.session
         if session is not None and session.watchdog is not None:
             session.watchdog.input_closed()
@@ -84,7 +85,7 @@ class GuestAgent:
             op = message.get("op")
             if not isinstance(ident, int) or op not in protocol.OPERATIONS:
                 raise ProtocolError(f"unknown operation {op!r}")
-            if self._input_closed and op not in ("release", "bye"):
+            if self._input_closed.is_set() and op not in ("release", "bye"):
                 # requests queued before the coordinator vanished: start no new phase
                 raise ProtocolError(f"{op!r} not started: the coordinator is gone")
             result = self._dispatch(op, message.get("args") or {})
@@ -124,6 +125,7 @@ class GuestAgent:
         return session.release()
 
     def _hello(self, args: dict[str, Any]) -> dict[str, Any]:
+        received_at = time.time()
         if args.get("protocol") != protocol.PROTOCOL_VERSION:
             raise ProtocolError(
                 f"coordinator speaks protocol {args.get('protocol')!r}, this guest "
@@ -132,11 +134,12 @@ class GuestAgent:
         if self.session is not None:
             raise ProtocolError("hello sent twice")
         config = load_trusted_guest(self.config_path)
-        self.session = GuestSession(config, self.config_path)
+        self.session = GuestSession(config, self.config_path, self._input_closed)
         inventory = self.session.hello(str(args["rp_id"]), float(args["freeze_timeout"]))
         return {
             "version": __version__,
             "protocol": protocol.PROTOCOL_VERSION,
+            "received_at": received_at,
             "time": time.time(),
             "inventory": inventory,
         }
@@ -163,6 +166,11 @@ def _lines(stream: BinaryIO) -> Iterator[bytes]:
         yield pending
 
 
+def _exit_on_sigterm(signum: int, _frame: object) -> None:
+    raise SystemExit(128 + signum)  # unwinds through serve()'s finally: release runs
+
+
 def run_agent(config_path: Path) -> int:
-    """Serve the protocol on this process's stdin/stdout."""
+    """Serve the protocol on this process's stdin/stdout; SIGTERM still releases."""
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     return GuestAgent(config_path, sys.stdin.buffer, sys.stdout.buffer).serve()

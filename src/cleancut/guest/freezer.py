@@ -134,6 +134,8 @@ class Freezer:
         self.lock_timeout = lock_timeout
         self.frozen_at: float | None = None
         self.thawed_at: float | None = None
+        #: a file system we froze was found thawed: the sentinel or an operator did it
+        self.thawed_by_other = False
         self._lock = threading.Lock()
         self._lock_fds: list[int] | None = None
         self._fds: dict[str, int] = {}
@@ -233,17 +235,22 @@ class Freezer:
             return self.thawed_at if self.thawed_at is not None else time.time()
 
     def _thaw_locked(self) -> None:
-        failures: list[tuple[MountInfo, OSError]] = []
+        failures: list[tuple[MountInfo, int, OSError]] = []
         while self._frozen:
-            mount, fd = self._frozen.pop()
+            mount, fd = self._frozen[-1]
             try:
                 fcntl.ioctl(fd, FITHAW, 0)
             except OSError as exc:
-                if exc.errno != errno.EINVAL:  # EINVAL: not frozen (thawed by someone else)
-                    failures.append((mount, exc))
+                if exc.errno == errno.EINVAL:  # not frozen: somebody else thawed it
+                    self.thawed_by_other = True
+                else:
+                    failures.append((mount, fd, exc))
+            self._frozen.pop()
         self.thawed_at = time.time()
         if failures:
-            mount, error = failures[0]
+            # still frozen: keep them, so that the next thaw (release, close) tries again
+            self._frozen = [(mount, fd) for mount, fd, _ in reversed(failures)]
+            mount, _, error = failures[0]
             raise _freeze_error("thaw", mount, error) from error
 
     def close(self) -> None:

@@ -9,10 +9,11 @@ deletes local snapshots.
 from __future__ import annotations
 
 import contextlib
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from cleancut.config.guest import GuestConfig
 from cleancut.errors import CleancutError, MoverError, ProtocolError
@@ -29,6 +30,10 @@ from cleancut.providers.base import Provider, Snapshot
 
 Emit = Callable[[str, dict[str, Any]], None]
 
+#: Extra seconds the thaw sentinel waits beyond freeze_timeout: it starts before the
+#: writers' holds (which may wait seconds for a database lock) and must not beat the watchdog.
+SENTINEL_SLACK = 10.0
+
 # The phase each operation may follow; release and bye are allowed from anywhere.
 _AFTER = {
     "prepare": {"hello"},
@@ -42,7 +47,9 @@ _AFTER = {
 class GuestSession:
     """The guest's side of one recovery point."""
 
-    def __init__(self, config: GuestConfig, config_path: Path) -> None:
+    def __init__(
+        self, config: GuestConfig, config_path: Path, input_closed: threading.Event | None = None
+    ) -> None:
         self.config = config
         self.config_path = config_path
         self.phase = "new"
@@ -60,6 +67,7 @@ class GuestSession:
         self.frozen_at: float | None = None
         self.freeze_error: str | None = None
         self._thaw_times: dict[str, Any] | None = None
+        self.input_closed = input_closed or threading.Event()
 
     # -- phase bookkeeping -------------------------------------------------------------
 
@@ -162,7 +170,11 @@ class GuestSession:
         try:
             if mounts:  # the safety nets first: they are up before anything is held
                 self.watchdog = Watchdog(lambda _reason: _thaw_quietly(freezer))
-                self.sentinel = freezer.sentinel(self.freeze_timeout)
+                if self.input_closed.is_set():  # the coordinator left while we got here
+                    self.watchdog.input_closed()
+                # the sentinel is the last resort for a guest that died: its deadline leaves
+                # room for the holds before the freeze, so it never beats the watchdog
+                self.sentinel = freezer.sentinel(self.freeze_timeout + SENTINEL_SLACK)
                 self.sentinel.start()
             # the write stall starts here: writers' holds and the freeze both block writes
             hold_started_at = time.time()
@@ -230,6 +242,8 @@ class GuestSession:
             self.writers.release()
             hold_ended_at = time.time()
             self._finish_sentinel()  # reaping the sentinel is no part of the stall
+            if self.freezer is not None:
+                self.freezer.close()  # the freeze locks are not held through the upload
             self._thaw_times = {
                 "thaw_started_at": thaw_started_at,
                 "thawed_at": thawed_at,
@@ -252,12 +266,15 @@ class GuestSession:
             fired = self.watchdog.fired
         if self.freezer is not None:
             self.freezer.thaw()
+            if fired is None and self.freezer.thawed_by_other:
+                fired = "thawed from outside"  # the sentinel or an operator: not our window
         if finish_sentinel:
             self._finish_sentinel()
         return fired
 
     def _finish_sentinel(self) -> None:
-        if self.sentinel is not None:
+        # only once everything is thawed: "done" tells the sentinel it need not thaw
+        if self.sentinel is not None and not (self.freezer and self.freezer.frozen):
             self.sentinel.finish()
             self.sentinel = None
 
@@ -342,22 +359,33 @@ class GuestSession:
         return {"steps": steps}
 
     def release(self) -> dict[str, Any]:
-        """Thaw, run pending post-scripts, end holds, delete local snapshots. Never raises."""
-        fired = self._thaw()
-        runs = self._run_posts()
-        self.writers.close()
+        """Thaw, end holds, run pending post-scripts, delete local snapshots. Never raises:
+        each step runs whatever the one before it did, and errors are reported."""
         errors: list[str] = []
+        fired = _attempt(errors, self._thaw)
+        # holds end before the post-scripts, which may write to the held databases
+        _attempt(errors, self.writers.close)
+        runs = _attempt(errors, self._run_posts) or []
         for provider in self.providers.values():
-            try:
-                provider.release()
-            except CleancutError as exc:
-                errors.append(exc.message)
+            _attempt(errors, provider.release)
         if self.freezer is not None:
-            self.freezer.close()
+            _attempt(errors, self.freezer.close)
         if self.watchdog is not None:
-            self.watchdog.close()
+            _attempt(errors, self.watchdog.close)
         self.phase = "released"
         return {"self_thawed": fired, "hooks": [_dump(r) for r in runs], "errors": errors}
+
+
+T = TypeVar("T")
+
+
+def _attempt(errors: list[str], step: Callable[[], T]) -> T | None:
+    """``step()``, or None with its error noted: one failure must not skip the next step."""
+    try:
+        return step()
+    except Exception as exc:
+        errors.append(f"{type(exc).__name__}: {exc}")
+        return None
 
 
 def _thaw_quietly(freezer: Freezer) -> None:

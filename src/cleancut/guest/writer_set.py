@@ -56,6 +56,9 @@ class WriterSet:
 
     def release(self) -> None:
         self._each(lambda w: w.release())
+        for state in self._states.values():
+            if not state.ok:
+                state.writer.close()  # a writer that failed earlier may still hold its lock
 
     def _each(self, step: Callable[[Writer], Any]) -> None:
         for state in self._states.values():

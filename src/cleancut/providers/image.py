@@ -121,11 +121,12 @@ class ImageProvider(Provider):
         self.check()
         image = self.image_path()
         dest = self.destination(image, rp_id)
-        self._image, self._dest, self._rp_dir = image, dest, dest.parent
+        self._image, self._rp_dir = image, dest.parent
         dest.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         try:
             self._src_fd = os.open(image, os.O_RDONLY | os.O_CLOEXEC)
             self._dst_fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+            self._dest = dest  # ours to delete only once we created it
         except OSError as exc:
             self._close()
             raise ProviderError(

@@ -114,5 +114,10 @@ class LocalChannel(Channel):
         try:
             self._proc.wait(timeout=30)
         except subprocess.TimeoutExpired:
-            self._proc.kill()
-            self._proc.wait()
+            # SIGTERM lets the guest release (thaw, post-scripts) on its way out
+            self._proc.terminate()
+            try:
+                self._proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                self._proc.kill()
+                self._proc.wait()

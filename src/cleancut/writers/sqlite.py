@@ -68,21 +68,25 @@ class SqliteWriter(Writer):
         self._held = True
 
     def release(self) -> dict[str, Any]:
-        details = {
-            "page_count": self._query("PRAGMA page_count")[0],
-            "page_size": self._query("PRAGMA page_size")[0],
-            "journal_mode": self._query("PRAGMA journal_mode")[0],
-        }
-        self._end_hold()
-        return details
+        try:
+            return {
+                "page_count": self._query("PRAGMA page_count")[0],
+                "page_size": self._query("PRAGMA page_size")[0],
+                "journal_mode": self._query("PRAGMA journal_mode")[0],
+            }
+        finally:
+            self._end_hold()  # whatever the queries did, the lock goes
 
     def _end_hold(self) -> None:
         if self._held and self._conn is not None:
             self._held = False
-            self._conn.execute("ROLLBACK")
+            try:
+                self._conn.execute("ROLLBACK")
+            except sqlite3.Error as exc:
+                raise WriterError(f"sqlite database {self.name}: ROLLBACK: {exc}") from exc
 
     def close(self) -> None:
-        with contextlib.suppress(sqlite3.Error):
+        with contextlib.suppress(sqlite3.Error, WriterError):
             self._end_hold()
         if self._conn is not None:
             with contextlib.suppress(sqlite3.Error):

@@ -1,0 +1,62 @@
+"""The clock offset comes from each host's own round trip, not from the slowest host's."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from cleancut.config.application import AppConfig
+from cleancut.config.load import LoadedApp
+from cleancut.coordinator import Coordinator
+from cleancut.mover.base import RepositoryAccess
+from cleancut.transport.base import Channel, EventCallback
+
+
+class SkewedGuest(Channel):
+    """A channel whose guest clock runs ``skew`` seconds ahead and whose hello takes ``work``."""
+
+    def __init__(self, host: str, skew: float, work: float) -> None:
+        self.host, self.skew, self.work = host, skew, work
+
+    def call(
+        self,
+        op: str,
+        args: dict[str, Any] | None = None,
+        *,
+        timeout: float | None = None,
+        on_event: EventCallback | None = None,
+    ) -> dict[str, Any]:
+        received_at = time.time() + self.skew
+        time.sleep(self.work)
+        return {"received_at": received_at, "time": time.time() + self.skew, "inventory": {}}
+
+    def close(self) -> None:
+        return None
+
+
+def test_offsets_ignore_how_long_each_hello_worked() -> None:
+    config = AppConfig.model_validate(
+        {
+            "name": "clock",
+            "repository": {"url": "/nowhere"},
+            "hosts": {
+                "slow": {"guest_config": "/etc/g.toml"},
+                "fast": {"guest_config": "/etc/g.toml"},
+            },
+        }
+    )
+    guests = {"slow": SkewedGuest("slow", 50.0, 0.4), "fast": SkewedGuest("fast", -3.0, 0.0)}
+    coordinator = Coordinator(
+        LoadedApp(config, Path("/etc/clock.toml")),
+        access=RepositoryAccess("/nowhere", "pw"),
+        mover=None,  # type: ignore[arg-type]  # hello needs no repository
+        connect=lambda name, _host: guests[name],
+    )
+    coordinator._open()
+    coordinator._hello()
+
+    assert coordinator.reports["slow"].clock_offset == pytest.approx(50.0, abs=0.02)
+    assert coordinator.reports["fast"].clock_offset == pytest.approx(-3.0, abs=0.02)
