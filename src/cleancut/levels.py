@@ -13,7 +13,3 @@ def weakest(levels: list[Level]) -> Level:
     if not levels:
         return "none"
     return min(levels, key=ORDER.index)
-
-
-def at_least(level: Level, floor: Level) -> bool:
-    return ORDER.index(level) >= ORDER.index(floor)

@@ -173,17 +173,12 @@ class Coordinator:
         steps = {name: list(plan["steps"]) for name, plan in plans.items()}
         tags = {MANIFEST_TAG: "", "app": self.config.name, "rp": self.rp_id}
         steps["coordinator"] = [
-            f"init the repository if it does not exist: restic -r {self.access.url} init",
-            "commit: " + " ".join(self._manifest_command(tags)),
+            "init the repository if it does not exist: " + " ".join(self.mover.describe_init()),
+            "commit: "
+            + " ".join(self.mover.describe_backup_bytes(MANIFEST_FILENAME, "cleancut", tags)),
             "catalog: add the recovery point to the local index",
         ]
         return steps
-
-    def _manifest_command(self, tags: dict[str, str]) -> list[str]:
-        describe = getattr(self.mover, "describe_backup_bytes", None)
-        if describe is not None:
-            return list(describe(MANIFEST_FILENAME, host="cleancut", tags=tags))
-        return ["restic", "backup", "--stdin", "--stdin-filename", MANIFEST_FILENAME]
 
     def run(self) -> CutOutcome:
         """One recovery point: hello → prepare → freeze → snapshot → thaw → upload → commit."""

@@ -354,8 +354,7 @@ class GuestSession:
         mover = ResticMover(RepositoryAccess(access_url, ""))
         for name, volume in self.config.volumes.items():
             tags = {"cleancut": "", "app": app, "rp": self.rp_id, "host": host, "resource": name}
-            argv = mover.describe_backup(volume.path, host=host, tags=tags)
-            steps.append(f"upload: volume {name}: {' '.join(argv)}")
+            steps.append(f"upload: volume {name}: {mover.preview_backup(volume.path, host, tags)}")
         return {"steps": steps}
 
     def release(self) -> dict[str, Any]:

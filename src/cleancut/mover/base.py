@@ -7,7 +7,7 @@ second implementation of the same small surface.
 from __future__ import annotations
 
 import abc
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -77,6 +77,14 @@ class Mover(abc.ABC):
         self, data: bytes, filename: str, *, host: str, tags: dict[str, str]
     ) -> Upload:
         """Store ``data`` as one file (used for the manifest, written last)."""
+
+    @abc.abstractmethod
+    def describe_backup_bytes(self, filename: str, host: str, tags: Mapping[str, str]) -> list[str]:
+        """The command :meth:`backup_bytes` would run, for ``--dry-run``; no secrets in it."""
+
+    @abc.abstractmethod
+    def describe_init(self) -> list[str]:
+        """The command that would initialise the repository, for ``--dry-run``."""
 
     @abc.abstractmethod
     def find(self, tags: dict[str, str]) -> list[StoredSnapshot]:

@@ -103,6 +103,18 @@ class ResticMover(Mover):
         argv[2] = redact_url(argv[2])
         return argv
 
+    def describe_backup_bytes(self, filename: str, host: str, tags: Mapping[str, str]) -> list[str]:
+        """The argv :meth:`backup_bytes` would run (for ``--dry-run``), URL masked."""
+        argv = self._backup_bytes_argv(filename, host, tags)
+        argv[2] = redact_url(argv[2])
+        return argv
+
+    def describe_init(self) -> list[str]:
+        """The argv that initialises the repository (for ``--dry-run``), URL masked."""
+        argv = [*self._base(), "init"]
+        argv[2] = redact_url(argv[2])
+        return argv
+
     def preview_backup(self, source: Path, host: str, tags: Mapping[str, str]) -> str:
         """:meth:`describe_backup` as one shell line that includes the working directory."""
         cwd = shlex.quote(str(self.backup_cwd(source)))
@@ -156,8 +168,7 @@ class ResticMover(Mover):
         self, data: bytes, filename: str, *, host: str, tags: dict[str, str]
     ) -> Upload:
         """Store ``data`` as the one file ``/filename`` of a new snapshot."""
-        argv = [*self._base(), "backup", "--json", "--host", host]
-        argv += [*self._tag_args(tags), "--stdin", "--stdin-filename", filename]
+        argv = self._backup_bytes_argv(filename, host, tags)
         reader = _BackupOutput(None)
         for line in self._run(argv, data=data).splitlines():
             reader.line(line)
@@ -213,6 +224,10 @@ class ResticMover(Mover):
         argv = [*self._base(), "backup", "--json", "--host", host, *self._tag_args(tags)]
         argv.append("." if source.is_dir() else source.name)
         return argv, self.backup_cwd(source)
+
+    def _backup_bytes_argv(self, filename: str, host: str, tags: Mapping[str, str]) -> list[str]:
+        argv = [*self._base(), "backup", "--json", "--host", host]
+        return [*argv, *self._tag_args(tags), "--stdin", "--stdin-filename", filename]
 
     def _env(self) -> dict[str, str]:
         if not self.access.password:
