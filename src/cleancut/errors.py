@@ -17,16 +17,24 @@
     ├── MoverError (7)               restic failed; carries restic's own message
     ├── CatalogError (1)             the local index is unreadable
     ├── NotFound (8)                 no such recovery point / resource
+    ├── Interrupted (130, 143, ...)  Ctrl-C or SIGTERM: every host was released first
     └── RestoreRefused (2)           a restore would overwrite live data without --in-place
 
 A committed but degraded recovery point is not an error: the CLI exits with
-:data:`EXIT_DEGRADED` so scripts notice it.
+:data:`EXIT_DEGRADED` so scripts notice it. A post-script that failed (or whose result
+never arrived) may leave its application quiesced: ``backup`` warns and, when the recovery
+point was committed, exits with :data:`EXIT_POST_FAILED` (9), ahead of :data:`EXIT_DEGRADED`;
+when the cut failed, the error's own code stands.
 """
 
 from __future__ import annotations
 
+import signal
+
 EXIT_OK = 0
 EXIT_DEGRADED = 3
+#: A post-script failed: the application may still be quiesced (see the module docstring).
+EXIT_POST_FAILED = 9
 
 
 class CleancutError(Exception):
@@ -159,3 +167,21 @@ class RestoreRefused(CleancutError):
     """The restore would overwrite live data."""
 
     exit_code = 2
+
+
+class Interrupted(CleancutError):
+    """The command was interrupted (Ctrl-C, SIGTERM); every host was released first."""
+
+    def __init__(self, signum: int, problems: list[str] | None = None) -> None:
+        self.signum = signum
+        self.problems = list(problems or [])
+        self.exit_code = 128 + signum
+        name = signal.Signals(signum).name
+        if self.problems:
+            released = "released every host, with problems: " + "; ".join(self.problems)
+        else:
+            released = (
+                "every host was released first: file systems thawed, database holds ended, "
+                "post-scripts run, local snapshots deleted; no recovery point was written"
+            )
+        super().__init__(f"interrupted by {name}; {released}")

@@ -8,17 +8,93 @@ Events    ``{"v": 1, "event": "progress", "data": {...}}`` (any number, before t
 The operations, in the order a cut uses them: ``hello``, ``plan`` (dry run), ``prepare``,
 ``freeze``, ``snapshot``, ``thaw``, ``upload``, ``release``, ``bye``. A guest refuses an
 operation out of order, so a confused coordinator cannot, say, upload before a thaw.
+
+Every request's arguments are validated by a model of that operation (:data:`ARGUMENTS`)
+before anything is done with them: numbers must be finite (JSON's ``NaN`` and
+``Infinity``, which Python's parser accepts, are refused at the parse), names must be
+names. A refusal names the argument and what was wrong, never the value: a request may
+carry the repository password.
 """
 
 from __future__ import annotations
 
 import json
-from typing import Any
+import math
+from typing import Annotated, Any, NoReturn
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 
 from cleancut.errors import ProtocolError
 
 PROTOCOL_VERSION = 1
 OPERATIONS = ("hello", "plan", "prepare", "freeze", "snapshot", "thaw", "upload", "release", "bye")
+
+#: A recovery point id as :func:`cleancut.manifest.new_rp_id` makes them; it names folders
+#: and reaches hooks' environments, so nothing else is accepted.
+RpId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$")]
+Name = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")]
+Seconds = Annotated[float, Field(gt=0, allow_inf_nan=False)]
+
+
+class Arguments(BaseModel):
+    """Base of every operation's arguments: unknown keys are refused, nothing is coerced."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+
+class NoArguments(Arguments):
+    """prepare, snapshot, thaw, release and bye take no arguments."""
+
+
+class HelloArgs(Arguments):
+    """The coordinator introduces itself and the recovery point it is cutting."""
+
+    protocol: int
+    version: str = Field(default="", max_length=64)
+    rp_id: RpId
+    freeze_timeout: Seconds
+
+
+class FreezeArgs(Arguments):
+    """``snapshot``: snapshot inside the freeze; ``thaw``: and end the holds right after."""
+
+    snapshot: bool = False
+    thaw: bool = False
+
+
+class PlanArgs(Arguments):
+    """A dry run: the steps a cut would take, with the repository URL to show (masked)."""
+
+    repository: str = Field(max_length=4096)
+    app: Name
+    host: Name
+
+
+class RepositoryArgs(Arguments):
+    url: str = Field(min_length=1, max_length=4096)
+    password: str = Field(min_length=1, max_length=4096)
+
+
+class UploadArgs(Arguments):
+    """Where to upload, and each resource's previous snapshot (restic's parent)."""
+
+    repository: RepositoryArgs
+    app: Name
+    host: Name
+    parents: dict[Name, Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{8,64}$")]] = {}
+
+
+ARGUMENTS: dict[str, type[Arguments]] = {
+    "hello": HelloArgs,
+    "plan": PlanArgs,
+    "prepare": NoArguments,
+    "freeze": FreezeArgs,
+    "snapshot": NoArguments,
+    "thaw": NoArguments,
+    "upload": UploadArgs,
+    "release": NoArguments,
+    "bye": NoArguments,
+}
 
 
 def encode(message: dict[str, Any]) -> bytes:
@@ -26,21 +102,63 @@ def encode(message: dict[str, Any]) -> bytes:
     return json.dumps({"v": PROTOCOL_VERSION, **message}, separators=(",", ":")).encode() + b"\n"
 
 
+def _refuse_constant(name: str) -> NoReturn:
+    raise ValueError(f"{name} is not a number this protocol accepts")
+
+
 def decode(line: bytes) -> dict[str, Any]:
-    """One received line as a message; anything else is a ProtocolError."""
+    """One received line as a message; anything else is a ProtocolError that does not
+    repeat what it was sent (it may hold a password)."""
     try:
-        message = json.loads(line)
-    except ValueError as exc:
-        shown = line[:200].decode(errors="replace").rstrip()
-        raise ProtocolError(f"not a protocol message: {shown!r}") from exc
-    if not isinstance(message, dict):
-        raise ProtocolError(f"not a protocol message: {message!r}")
-    if message.get("v") != PROTOCOL_VERSION:
+        message = json.loads(line, parse_constant=_refuse_constant)
+    except RecursionError:
         raise ProtocolError(
-            f"protocol version {message.get('v')!r} spoken, {PROTOCOL_VERSION} expected; "
+            f"not a protocol message ({len(line)} bytes): nested too deeply"
+        ) from None
+    except ValueError as exc:
+        reason = str(exc) if "this protocol accepts" in str(exc) else "not valid UTF-8 JSON"
+        raise ProtocolError(f"not a protocol message ({len(line)} bytes): {reason}") from None
+    if not isinstance(message, dict):
+        raise ProtocolError(
+            f"not a protocol message: a JSON {type(message).__name__}, not an object"
+        )
+    if message.get("v") != PROTOCOL_VERSION:
+        version = message.get("v")
+        shown = repr(version) if isinstance(version, int | None) else "not a number"
+        raise ProtocolError(
+            f"protocol version {shown} spoken, {PROTOCOL_VERSION} expected; "
             "install the same cleancut version on the coordinator and the hosts"
         )
     return message
+
+
+def parse_request(message: dict[str, Any]) -> tuple[int, str, Arguments]:
+    """A decoded request's id, operation and validated arguments."""
+    ident, op = message.get("id"), message.get("op")
+    if not isinstance(ident, int) or isinstance(ident, bool) or not 0 <= ident < 2**53:
+        raise ProtocolError("a request needs an integer id")
+    if not isinstance(op, str) or op not in ARGUMENTS:
+        raise ProtocolError(f"unknown operation (valid: {', '.join(OPERATIONS)})")
+    args = message.get("args", {})
+    if not isinstance(args, dict):
+        raise ProtocolError(f"{op}: args must be an object")
+    try:
+        return ident, op, ARGUMENTS[op].model_validate(args)
+    except ValidationError as exc:
+        problems = "; ".join(_problem(error) for error in exc.errors(include_input=False))
+        raise ProtocolError(f"{op}: invalid arguments: {problems}") from None
+
+
+def _problem(error: Any) -> str:
+    where = ".".join(str(part) for part in error["loc"]) or "args"
+    return f"{where}: {error['msg']}"
+
+
+def finite(value: float) -> float:
+    """``value`` if it is a finite number, else ValueError (for numbers read from replies)."""
+    if not math.isfinite(value):
+        raise ValueError(f"{value} is not finite")
+    return value
 
 
 def request(ident: int, op: str, args: dict[str, Any] | None = None) -> dict[str, Any]:

@@ -67,9 +67,11 @@ def test_missing_version_is_refused() -> None:
 @pytest.mark.parametrize(
     "line", [b"hello\n", b"\xff\xfe garbage\n", b"{not json}\n", b"", b"Traceback (most recent"]
 )
-def test_garbage_is_a_protocol_error_showing_the_line(line: bytes) -> None:
-    with pytest.raises(ProtocolError, match="not a protocol message"):
+def test_garbage_is_a_protocol_error_not_repeating_the_line(line: bytes) -> None:
+    with pytest.raises(ProtocolError, match="not a protocol message") as caught:
         protocol.decode(line)
+    if len(line) > 5:
+        assert line.decode(errors="replace").strip()[:6] not in caught.value.message
 
 
 @pytest.mark.parametrize("line", [b"[1, 2]\n", b'"text"\n', b"42\n", b"null\n"])
@@ -323,7 +325,8 @@ def test_wrong_envelope_version_and_garbage_are_answered(
     assert reply["error"]["kind"] == "ProtocolError"
     assert "not a protocol message" in reply["error"]["message"]
     error = wire.refused("format-disk")
-    assert error["message"] == "unknown operation 'format-disk'"
+    assert error["message"].startswith("unknown operation (valid: hello, plan,")
+    assert "format-disk" not in error["message"]  # nothing a request carried is echoed
     wire.ok("hello", HELLO)  # still serving
 
 

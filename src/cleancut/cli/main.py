@@ -7,10 +7,10 @@ import sys
 import typer
 from rich.markup import escape
 
-from cleancut import __version__
+from cleancut import __version__, signals
 from cleancut.cli import backup, catalog_cmd, config_cmd, demo, guest, points, restore
 from cleancut.cli.output import err
-from cleancut.errors import CleancutError
+from cleancut.errors import CleancutError, Interrupted
 
 app = typer.Typer(
     name="cleancut",
@@ -49,11 +49,18 @@ def _root(
 
 def main() -> None:
     """Run the CLI; map cleancut's errors to their exit codes with a one-line message."""
+    signals.install()  # SIGTERM/SIGHUP unwind like Ctrl-C: every host is released first
     try:
         app(prog_name="cleancut")  # also under `python -m cleancut`: usage, completion
+    except Interrupted as exc:
+        err.print(escape(exc.message))
+        sys.exit(exc.exit_code)
     except CleancutError as exc:
         err.print(f"[bold red]error:[/] {escape(exc.message)}")
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
         err.print("interrupted")
         sys.exit(130)
+    except signals.StopSignal as exc:
+        err.print(f"stopped by signal {exc.signum}")
+        sys.exit(128 + exc.signum)

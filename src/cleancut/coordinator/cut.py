@@ -9,14 +9,14 @@ upload succeeded, so an interrupted cut never looks like a recovery point.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from cleancut import __version__, protocol
+from cleancut import __version__, protocol, signals
 from cleancut.catalog import Catalog
 from cleancut.config.load import LoadedApp
 from cleancut.coordinator.manifest import build_manifest
@@ -27,7 +27,7 @@ from cleancut.coordinator.policy import (
     judge_member,
     rp_level,
 )
-from cleancut.errors import CleancutError, HostFailed, PolicyAbort
+from cleancut.errors import CleancutError, HostFailed, Interrupted, PolicyAbort
 from cleancut.manifest import MANIFEST_FILENAME, MANIFEST_TAG, Manifest, new_rp_id
 from cleancut.mover.base import Mover, RepositoryAccess
 from cleancut.transport import Channel, open_channel
@@ -36,7 +36,14 @@ from cleancut.transport import Channel, open_channel
 EventSink = Callable[[str, dict[str, Any]], None]
 
 _HELLO_TIMEOUT = 120.0
+#: What a phase may take beyond the bounds the guest's hooks and deadline give it.
 _SLACK = 30.0
+#: A writer's slow preparation (a checkpoint) and the providers' set-up, per host.
+_PREPARE_WORK = 120.0
+#: What a hook may take beyond its timeout: the kill of its process group.
+_KILL_GRACE = 2.0
+
+Timeout = float | None | Callable[[str], float | None]
 
 
 def _ignore(_kind: str, _data: dict[str, Any]) -> None:
@@ -75,6 +82,10 @@ class Coordinator:
         self.channels: dict[str, Channel] = {}
         self.reports: dict[str, HostReport] = {}
         self._round_trip: dict[str, tuple[float, float]] = {}
+        #: what the release of the hosts reported or could not do
+        self.release_problems: list[str] = []
+        #: each host's answer to release
+        self.releases: dict[str, dict[str, Any]] = {}
 
     # -- plumbing ----------------------------------------------------------------------
 
@@ -88,34 +99,68 @@ class Coordinator:
         op: str,
         args: Callable[[str], dict[str, Any]] | None = None,
         *,
-        timeout: float | None,
+        timeout: Timeout,
         on_event: Callable[[str], Any] | None = None,
     ) -> dict[str, dict[str, Any]]:
-        """``op`` on every host in parallel; returns when all answered (the barrier)."""
+        """``op`` on every host in parallel; returns when all answered (the barrier).
+
+        ``timeout`` bounds each host's answer (a number, or a function of the host). The
+        calls run in daemon threads and the wait is interruptible: Ctrl-C reaches the
+        caller at once, and an abandoned call never keeps the process from exiting.
+        """
         started = time.time()
         self.on_event("phase", {"phase": op, "state": "start", "rp": self.rp_id})
+        results: dict[str, dict[str, Any]] = {}
+        errors: dict[str, BaseException] = {}
+        pending = [len(self.channels)]
+        lock, done = threading.Lock(), threading.Event()
 
-        def one(name: str) -> dict[str, Any]:
-            sink = on_event(name) if on_event else None
-            sent = time.time()
-            answer = self.channels[name].call(
-                op, args(name) if args else {}, timeout=timeout, on_event=sink
-            )
-            self._round_trip[name] = (sent, time.time())
-            return answer
+        def one(name: str) -> None:
+            try:
+                sink = on_event(name) if on_event else None
+                bound = timeout(name) if callable(timeout) else timeout
+                sent = time.time()
+                results[name] = self.channels[name].call(
+                    op, args(name) if args else {}, timeout=bound, on_event=sink
+                )
+                self._round_trip[name] = (sent, time.time())
+            except BaseException as exc:
+                errors[name] = exc
+            finally:
+                with lock:
+                    pending[0] -= 1
+                    if pending[0] <= 0:
+                        done.set()
 
-        with ThreadPoolExecutor(max_workers=max(1, len(self.channels))) as pool:
-            futures = {name: pool.submit(one, name) for name in self.channels}
-        errors = [f.exception() for f in futures.values() if f.exception() is not None]
-        if errors:
-            error = errors[0]
-            assert error is not None
-            raise error
-        results = {name: f.result() for name, f in futures.items()}
+        for name in self.channels:
+            threading.Thread(target=one, args=(name,), daemon=True, name=f"{op}-{name}").start()
+        if self.channels:
+            done.wait()
+        for name in self.channels:  # the first host in the config's order that failed
+            if name in errors:
+                raise errors[name]
         self.on_event(
             "phase", {"phase": op, "state": "done", "seconds": round(time.time() - started, 4)}
         )
         return results
+
+    def _hooks(self, name: str) -> list[dict[str, Any]]:
+        return list(self.reports[name].hello.get("inventory", {}).get("hooks", []))
+
+    def _hook_bound(self, name: str, phase: str) -> float:
+        """The longest ``phase``'s scripts may run on host ``name``, retries included."""
+        return sum(
+            (float(hook.get("timeout", 30.0)) + _KILL_GRACE)
+            * (int(hook.get(f"{phase}_retries", 0)) + 1)
+            for hook in self._hooks(name)
+            if hook.get(phase)
+        )
+
+    def _prepare_bound(self, name: str) -> float:
+        return self._hook_bound(name, "pre") + _PREPARE_WORK + _SLACK
+
+    def _post_bound(self, name: str) -> float:
+        return self._hook_bound(name, "post") + _SLACK
 
     def _hello(self) -> None:
         timeout = self.config.freeze_timeout
@@ -139,22 +184,40 @@ class Coordinator:
             report.clock_offset = ((arrived - sent) + (answered - received)) / 2
 
     def _release_all(self) -> None:
-        """Best effort on every host at once: thaw, end holds, post-scripts, delete snapshots."""
+        """Every host at once: thaw, end holds, post-scripts, delete snapshots; then bye.
+
+        Bounded by what each host's post-scripts may take. Stop signals wait until it is
+        done. What went wrong is kept in :attr:`release_problems`, never dropped.
+        """
 
         def release(name: str, channel: Channel) -> None:
+            report = self.reports.get(name)
             try:
-                result = channel.call("release", timeout=120)
-                for run in result.get("hooks", []):
-                    self.reports[name].thaw.setdefault("hooks", []).append(run)
+                result = channel.call("release", timeout=self._post_bound(name))
+                if report is not None:
+                    report.thaw.setdefault("hooks", []).extend(result.get("hooks", []))
+                    report.thaw.setdefault("not_run", []).extend(result.get("not_run", []))
+                    self.releases[name] = result
+                for error in result.get("errors", []):
+                    self.release_problems.append(f"host {name}: release: {error}")
                 channel.call("bye", timeout=10)
-            except CleancutError:
-                pass
+            except CleancutError as exc:
+                self.release_problems.append(f"host {name}: release: {exc.message}")
+                if report is not None:
+                    report.thaw.setdefault("not_run", []).extend(_owed_posts(report, exc.message))
             finally:
-                channel.close()
+                channel.close(wait=self._post_bound(name))
 
-        with ThreadPoolExecutor(max_workers=max(1, len(self.channels))) as pool:
-            for name, channel in self.channels.items():
-                pool.submit(release, name, channel)
+        with signals.deferred():
+            threads = [
+                threading.Thread(target=release, args=item, daemon=True, name=f"release-{item[0]}")
+                for item in self.channels.items()
+            ]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+        self.on_event("released", {"hosts": list(self.channels), "problems": self.release_problems})
 
     # -- the cut -----------------------------------------------------------------------
 
@@ -168,8 +231,13 @@ class Coordinator:
                 lambda name: {"repository": self.access.url, "app": self.config.name, "host": name},
                 timeout=_HELLO_TIMEOUT,
             )
-        finally:
+        except (KeyboardInterrupt, signals.StopSignal) as exc:
             self._release_all()
+            raise Interrupted(signals.signal_number(exc), self.release_problems) from None
+        except BaseException:
+            self._release_all()
+            raise
+        self._release_all()
         steps = {name: list(plan["steps"]) for name, plan in plans.items()}
         tags = {MANIFEST_TAG: "", "app": self.config.name, "rp": self.rp_id}
         steps["coordinator"] = [
@@ -181,36 +249,48 @@ class Coordinator:
         return steps
 
     def run(self) -> CutOutcome:
-        """One recovery point: hello → prepare → freeze → snapshot → thaw → upload → commit."""
+        """One recovery point: hello → prepare → freeze → snapshot → thaw → upload → commit.
+
+        Whatever happens — an error, a policy abort, Ctrl-C, SIGTERM — every host is
+        released before this returns; an interruption then raises :class:`Interrupted`.
+        """
         created = datetime.now(UTC)
+        try:
+            manifest = self._cut(created)
+        except (KeyboardInterrupt, signals.StopSignal) as exc:
+            self._release_all()
+            raise Interrupted(signals.signal_number(exc), self.release_problems) from None
+        except BaseException:
+            self._release_all()
+            raise
+        self._release_all()
+        return self._commit(manifest)
+
+    def _cut(self, created: datetime) -> Manifest:
         timeout = self.config.freeze_timeout
         # the repository check (a restic start, key derivation included) overlaps the
         # guests' start-up instead of adding to it; it must pass before anything is touched
-        try:
-            with ThreadPoolExecutor(max_workers=1) as background:
-                repository = background.submit(self.mover.ensure_repository)
-                self._open()
-                self._hello()
-                repository.result()
-            for name, answer in self._all("prepare", timeout=None).items():
-                self.reports[name].prepare = answer
-            self._abort_before_freeze()
-            # each guest snapshots inside its own freeze: one round trip less of write stall;
-            # a lone host's hold is the whole quiet window, so it thaws without waiting
-            alone = len(self.channels) == 1
-            frozen = self._all(
-                "freeze", lambda _n: {"snapshot": True, "thaw": alone}, timeout=timeout + _SLACK
-            )
-            for name, answer in frozen.items():
-                self.reports[name].snapshot = answer.pop("snapshot")
-                self.reports[name].freeze = answer
-            for name, answer in self._all("thaw", timeout=None).items():
-                self.reports[name].thaw = answer
-            manifest = self._judge(created)
-            self._upload(manifest)
-        finally:
-            self._release_all()
-        return self._commit(manifest)
+        repository = _Background(self.mover.ensure_repository)
+        self._open()
+        self._hello()
+        repository.result()
+        for name, answer in self._all("prepare", timeout=self._prepare_bound).items():
+            self.reports[name].prepare = answer
+        self._abort_before_freeze()
+        # each guest snapshots inside its own freeze: one round trip less of write stall;
+        # a lone host's hold is the whole quiet window, so it thaws without waiting
+        alone = len(self.channels) == 1
+        frozen = self._all(
+            "freeze", lambda _n: {"snapshot": True, "thaw": alone}, timeout=timeout + _SLACK
+        )
+        for name, answer in frozen.items():
+            self.reports[name].snapshot = answer.pop("snapshot")
+            self.reports[name].freeze = answer
+        for name, answer in self._all("thaw", timeout=self._post_bound).items():
+            self.reports[name].thaw = answer
+        manifest = self._judge(created)
+        self._upload(manifest)
+        return manifest
 
     def _abort_before_freeze(self) -> None:
         reports = list(self.reports.values())
@@ -321,3 +401,40 @@ class Coordinator:
             self.catalog.add(manifest, stored.snapshot_id)
         self.on_event("committed", {"rp": self.rp_id, "level": manifest.level})
         return CutOutcome(manifest, stored.snapshot_id)
+
+
+class _Background:
+    """``call()`` in a daemon thread; :meth:`result` waits (interruptibly) and re-raises."""
+
+    def __init__(self, call: Callable[[], object]) -> None:
+        self._value: object = None
+        self._error: BaseException | None = None
+        self._done = threading.Event()
+
+        def run() -> None:
+            try:
+                self._value = call()
+            except BaseException as exc:
+                self._error = exc
+            finally:
+                self._done.set()
+
+        threading.Thread(target=run, daemon=True, name="background").start()
+
+    def result(self) -> object:
+        self._done.wait()
+        if self._error is not None:
+            raise self._error
+        return self._value
+
+
+def _owed_posts(report: HostReport, why: str) -> list[dict[str, str]]:
+    """Post-scripts whose pre-script ran on a host that can no longer run them, and why."""
+    ran = {run.get("hook") for run in report.thaw.get("hooks", []) if run.get("phase") == "post"}
+    owed = [run.get("hook") for run in report.pre_hooks if run.get("hook") not in ran]
+    posts = {
+        hook["name"]
+        for hook in report.hello.get("inventory", {}).get("hooks", [])
+        if hook.get("post")
+    }
+    return [{"hook": str(name), "why": f"not run: {why}"} for name in owed if name in posts]

@@ -1,9 +1,17 @@
 """The guest agent: serves the cut protocol as JSON lines on stdin/stdout.
 
 A reader thread owns stdin. When it reaches end-of-file (the coordinator died, the SSH
-connection was cut) it tells the watchdog at once, which thaws any frozen file system
-without waiting for the main thread, and the main loop then releases everything. Stderr
-carries diagnostics only; nothing is logged to disk.
+connection was cut) it tells the watchdog at once, which ends every hold without waiting
+for the main thread, and the main loop then releases everything. A ``release`` request is
+acted on the same way the moment it arrives, even while the main thread is busy.
+
+Signals: SIGTERM (``systemctl stop``), SIGINT and SIGHUP end the holds at once (through the
+watchdog, from any point), then unwind the main thread into ``release``. While hooks run
+or the release is under way, the signal waits: a post-script is never cut short by a stop
+that arrives during it. The exit status then says which signal it was (128 + number).
+
+Stderr carries diagnostics only; nothing is logged to disk. Nothing a request carried is
+ever echoed back: a request may hold the repository password.
 """
 
 from __future__ import annotations
@@ -14,18 +22,20 @@ import signal
 import sys
 import threading
 import time
-import traceback
 from collections.abc import Iterator
 from pathlib import Path
+from types import FrameType
 from typing import Any, BinaryIO
 
 from cleancut import __version__, protocol
 from cleancut.errors import CleancutError, ProtocolError
 from cleancut.guest.security import load_trusted_guest
 from cleancut.guest.session import GuestSession
-from cleancut.mover.base import RepositoryAccess
 
 _EOF = object()
+#: The longest line a request may be; anything longer is refused unread.
+MAX_LINE = 1 << 20
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 
 
 class GuestAgent:
@@ -39,20 +49,29 @@ class GuestAgent:
         self._inbox: queue.Queue[object] = queue.Queue()
         self.session: GuestSession | None = None
         self._input_closed = threading.Event()
+        #: the stop signal received, if any (its exit status is 128 + it)
+        self.signalled: int | None = None
 
     def send(self, message: dict[str, Any]) -> None:
         data = protocol.encode(message)
         with self._write_lock:
-            self._stdout.write(data)
-            self._stdout.flush()
+            try:
+                self._stdout.write(data)
+                self._stdout.flush()
+            except (OSError, ValueError):
+                pass  # the coordinator is gone: the reader sees EOF and the holds end
 
     def emit(self, name: str, data: dict[str, Any]) -> None:
         self.send(protocol.event(name, data))
+
+    # -- input -------------------------------------------------------------------------
 
     def _read_stdin(self) -> None:
         try:
             for line in _lines(self._stdin):
                 if line.strip():
+                    if _is_release(line):
+                        self._stop_holds("release asked by the coordinator")
                     self._inbox.put(line)
         except (OSError, ValueError):
             pass
@@ -62,45 +81,74 @@ class GuestAgent:
             session.watchdog.input_closed()
         self._inbox.put(_EOF)
 
+    def _stop_holds(self, reason: str) -> None:
+        session = self.session
+        if session is not None and session.watchdog is not None:
+            session.watchdog.stop(reason)
+
+    # -- signals -----------------------------------------------------------------------
+
+    def on_signal(self, signum: int, _frame: FrameType | None) -> None:
+        """End the holds now (lock-free); unwind into release unless hooks or the release run."""
+        if self.signalled is None:
+            self.signalled = signum
+        self._stop_holds(f"stopped by {signal.Signals(signum).name}")
+        if not self._deferring():
+            raise SystemExit(128 + signum)
+
+    def _deferring(self) -> bool:
+        session = self.session
+        return session is not None and session.deferring > 0
+
+    def _stop_if_signalled(self) -> None:
+        if self.signalled is not None and not self._deferring():
+            raise SystemExit(128 + self.signalled)
+
+    # -- serving -----------------------------------------------------------------------
+
     def serve(self) -> int:
         """Answer requests until ``bye`` or end of input; always releases on the way out."""
         threading.Thread(target=self._read_stdin, name="stdin", daemon=True).start()
         try:
             while True:
+                self._stop_if_signalled()
                 item = self._inbox.get()
                 if item is _EOF:
-                    return 0
+                    break
                 assert isinstance(item, bytes)
                 if not self._handle(item):
-                    return 0
+                    break
         finally:
             if self.session is not None:
                 self.session.release()
+        return 0 if self.signalled is None else 128 + self.signalled
 
     def _handle(self, line: bytes) -> bool:
         ident: int | None = None
         try:
+            if len(line) > MAX_LINE:
+                raise ProtocolError(f"request of {len(line)} bytes refused (at most {MAX_LINE})")
             message = protocol.decode(line)
-            ident = message.get("id")
-            op = message.get("op")
-            if not isinstance(ident, int) or op not in protocol.OPERATIONS:
-                raise ProtocolError(f"unknown operation {op!r}")
+            raw = message.get("id")
+            ident = raw if isinstance(raw, int) and not isinstance(raw, bool) else None
+            ident, op, args = protocol.parse_request(message)
             if self._input_closed.is_set() and op not in ("release", "bye"):
                 # requests queued before the coordinator vanished: start no new phase
                 raise ProtocolError(f"{op!r} not started: the coordinator is gone")
-            result = self._dispatch(op, message.get("args") or {})
+            result = self._dispatch(op, args)
         except CleancutError as exc:
             self.send(protocol.failure(ident, type(exc).__name__, exc.message))
             return True
         except Exception as exc:  # a bug must not leave a freeze behind: report it, go on
-            traceback.print_exc(file=sys.stderr)
-            self.send(protocol.failure(ident, "InternalError", f"{type(exc).__name__}: {exc}"))
+            print(f"cleancut guest: internal error: {type(exc).__name__}: {exc}", file=sys.stderr)
+            self.send(protocol.failure(ident, "InternalError", type(exc).__name__))
             return True
         self.send(protocol.reply(ident, result))
-        return bool(op != "bye")
+        return op != "bye"
 
-    def _dispatch(self, op: str, args: dict[str, Any]) -> dict[str, Any]:
+    def _dispatch(self, op: str, args: protocol.Arguments) -> dict[str, Any]:
         if op == "hello":
+            assert isinstance(args, protocol.HelloArgs)
             return self._hello(args)
         if op == "bye":
             return {}
@@ -108,34 +156,32 @@ class GuestAgent:
         if session is None:
             raise ProtocolError(f"{op!r} before hello")
         if op == "plan":
-            return session.plan(args["repository"], args["app"], args["host"])
-        if op == "prepare":
-            return session.prepare()
+            assert isinstance(args, protocol.PlanArgs)
+            return session.plan(args)
         if op == "freeze":
-            return session.freeze(snapshot=bool(args.get("snapshot")), thaw=bool(args.get("thaw")))
-        if op == "snapshot":
-            return session.snapshot()
-        if op == "thaw":
-            return session.thaw()
+            assert isinstance(args, protocol.FreezeArgs)
+            return session.freeze(args)
         if op == "upload":
-            repo = args["repository"]
-            access = RepositoryAccess(repo["url"], repo["password"])
-            parents = dict(args.get("parents") or {})
-            return session.upload(access, args["app"], args["host"], self.emit, parents)
-        return session.release()
+            assert isinstance(args, protocol.UploadArgs)
+            return session.upload(args, self.emit)
+        steps = {"prepare": session.prepare, "snapshot": session.snapshot, "thaw": session.thaw}
+        return steps.get(op, session.release)()
 
-    def _hello(self, args: dict[str, Any]) -> dict[str, Any]:
+    def _hello(self, args: protocol.HelloArgs) -> dict[str, Any]:
         received_at = time.time()
-        if args.get("protocol") != protocol.PROTOCOL_VERSION:
+        if args.protocol != protocol.PROTOCOL_VERSION:
             raise ProtocolError(
-                f"coordinator speaks protocol {args.get('protocol')!r}, this guest "
+                f"coordinator speaks protocol {args.protocol}, this guest "
                 f"{protocol.PROTOCOL_VERSION}; install the same cleancut version everywhere"
             )
         if self.session is not None:
             raise ProtocolError("hello sent twice")
         config = load_trusted_guest(self.config_path)
-        self.session = GuestSession(config, self.config_path, self._input_closed)
-        inventory = self.session.hello(str(args["rp_id"]), float(args["freeze_timeout"]))
+        session = GuestSession(config, self.config_path, self._input_closed)
+        inventory = session.hello(args)
+        self.session = session
+        if self.signalled is not None:
+            self._stop_holds("stopped by a signal")
         return {
             "version": __version__,
             "protocol": protocol.PROTOCOL_VERSION,
@@ -145,11 +191,22 @@ class GuestAgent:
         }
 
 
+def _is_release(line: bytes) -> bool:
+    """Whether ``line`` asks for ``release`` (a cheap look, before the main thread's parse)."""
+    if b'"release"' not in line:
+        return False
+    try:
+        return protocol.decode(line).get("op") == "release"
+    except ProtocolError:
+        return False
+
+
 def _lines(stream: BinaryIO) -> Iterator[bytes]:
     """Lines from ``stream``, read from its file descriptor when it has one.
 
     Reading the descriptor directly keeps the buffered reader's lock free: a daemon thread
-    blocked in ``readline`` would make the interpreter wait at exit for a second.
+    blocked in ``readline`` would make the interpreter wait at exit for a second. A line
+    longer than :data:`MAX_LINE` is cut there (and refused by the parser).
     """
     try:
         fd = stream.fileno()
@@ -162,15 +219,17 @@ def _lines(stream: BinaryIO) -> Iterator[bytes]:
         *lines, pending = pending.split(b"\n")
         for line in lines:
             yield line + b"\n"
+        if len(pending) > MAX_LINE:
+            yield pending
+            pending = b""
     if pending:
         yield pending
 
 
-def _exit_on_sigterm(signum: int, _frame: object) -> None:
-    raise SystemExit(128 + signum)  # unwinds through serve()'s finally: release runs
-
-
 def run_agent(config_path: Path) -> int:
-    """Serve the protocol on this process's stdin/stdout; SIGTERM still releases."""
-    signal.signal(signal.SIGTERM, _exit_on_sigterm)
-    return GuestAgent(config_path, sys.stdin.buffer, sys.stdout.buffer).serve()
+    """Serve the protocol on this process's stdin/stdout; a stop signal still releases."""
+    agent = GuestAgent(config_path, sys.stdin.buffer, sys.stdout.buffer)
+    for signum in STOP_SIGNALS:
+        signal.signal(signum, agent.on_signal)
+    signal.signal(signal.SIGPIPE, signal.SIG_IGN)
+    return agent.serve()

@@ -3,21 +3,30 @@
 A frozen file system blocks every writer on the host — including, if it is the wrong one,
 the process that should thaw it. So:
 
-* the plan is computed, the mount points opened and the locks taken in ``open()``,
-  before anything is frozen; ``freeze()`` and ``thaw()`` then only issue ioctls on open
-  file descriptors: no path lookups, file opens, logging or imports while frozen;
-* file systems stacked on a loop device are frozen before the file system holding their
-  backing file (the other way round, the upper freeze would write its journal through a
-  loop device whose file system is already frozen, and hang); ``/`` is frozen last and only
-  when allowed; the thaw runs in exact reverse;
-* independent file systems of one wave are frozen in parallel threads: the write stall is
-  the slowest freeze rather than the sum of them;
+* the plan is computed, the mount points opened, the locks taken and the thaw sentinel
+  started in ``open()``, before anything is frozen; ``freeze()`` and ``thaw()`` then only
+  issue ioctls on open descriptors: no path lookups, file opens, logging or imports;
+* a file system is recorded as *freezing* before its FIFREEZE is issued, so whatever
+  interrupts the caller (a signal, an exception) leaves a record that it may be frozen:
+  every way out thaws it, and a thaw of something not frozen is harmless;
+* every ioctl runs in a thread of its own while the caller waits, interruptibly, without
+  holding the freezer's lock: one stuck FIFREEZE or FITHAW cannot keep the other file
+  systems frozen nor block the watchdog's thaw, and a freeze that completes after a thaw
+  was asked for thaws itself at once;
+* file systems stacked on others (a loop device's backing file, a device-mapper or md
+  device, a partition — found through the kernel's own sysfs links) are frozen before
+  the file systems beneath them, in waves; ``/`` is frozen last and only when allowed;
+  the other way round, the upper freeze would write its journal through a device whose
+  file system is already frozen, and hang;
 * one freeze at a time per file system (an exclusive ``flock`` per device), as Azure's
   safefreeze does per host: a second freezer's thaw would end the first one's freeze.
   Per device rather than per host, because two guests of one group cut may share a
   machine (a hypervisor, or local test hosts) and must be frozen at the same time.
 
-The watchdog (:mod:`cleancut.guest.watchdog`) covers the cases a ``finally`` cannot.
+Words used here: a file system *should be frozen* while it is in the plan and the cut is
+between ``freeze()`` and ``thaw()``; it *is frozen* (:attr:`Freezer.frozen`) while a FIFREEZE
+of ours may be in effect; it *was frozen* (``FsState.was_frozen``) when a FIFREEZE of ours
+succeeded during this cut.
 """
 
 from __future__ import annotations
@@ -27,22 +36,30 @@ import fcntl
 import os
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
+from typing import Literal
 
 from cleancut.errors import ConfigError, FreezeError
-from cleancut.guest.mounts import MountInfo, loop_backing_file, mount_of, read_mountinfo
-from cleancut.guest.watchdog import ThawSentinel
-
-FIFREEZE = 0xC0045877
-FITHAW = 0xC0045878
+from cleancut.guest.sentinel import ThawSentinel
+from cleancut.system.ioctls import FIFREEZE, FITHAW
+from cleancut.system.mounts import (
+    MountInfo,
+    devices_below,
+    loop_backing_file,
+    mount_of,
+    read_mountinfo,
+)
 
 #: Block-device file systems whose kernel driver implements freezing.
 FREEZABLE_FSTYPES = frozenset(
     ("ext2", "ext3", "ext4", "xfs", "btrfs", "f2fs", "jfs", "reiserfs", "nilfs2", "gfs2", "ocfs2")
 )
 
-_MAX_STACK_DEPTH = 16
+#: How long ``thaw()`` waits for stuck ioctls before it reports them and returns.
+THAW_WAIT = 10.0
+_MAX_STACK_STEPS = 256
 
 _FIXES = {
     errno.EBUSY: "it is already frozen by someone else; find who froze it, or thaw it with "
@@ -52,6 +69,8 @@ _FIXES = {
     errno.EPERM: "freezing needs root (CAP_SYS_ADMIN); run the guest agent as root",
     errno.EACCES: "freezing needs root (CAP_SYS_ADMIN); run the guest agent as root",
 }
+
+State = Literal["thawed", "freezing", "frozen", "thawing"]
 
 
 def default_lock_path() -> Path:
@@ -69,10 +88,11 @@ def freeze_plan(selected: list[MountInfo], mounts: list[MountInfo]) -> list[list
     """Group ``selected`` mounts into waves frozen one after another (thawed in reverse).
 
     A mount goes into a later wave than every selected mount stacked on it, directly or
-    through a chain of loop devices (even via mounts not selected). ``/`` is last, alone.
+    through a chain of devices and backing files (even via mounts not selected). ``/`` is
+    last, alone.
     """
     by_device = {m.major_minor: m for m in selected}
-    lowers = {m.major_minor: _lower_devices(m, mounts) for m in selected}
+    lowers = {m.major_minor: lower_file_systems(m, mounts) for m in selected}
     levels: dict[str, int] = {}
 
     def level(device: str, seen: frozenset[str]) -> int:
@@ -90,29 +110,75 @@ def freeze_plan(selected: list[MountInfo], mounts: list[MountInfo]) -> list[list
     return plan + ([root] if root else [])
 
 
-def _lower_devices(mount: MountInfo, mounts: list[MountInfo]) -> set[str]:
-    """Devices of the file systems beneath ``mount`` through loop devices' backing files."""
+def lower_file_systems(mount: MountInfo, mounts: list[MountInfo]) -> set[str]:
+    """Devices of the mounted file systems beneath ``mount``.
+
+    Walks down from the mount's device: through the devices a stacked device is built on
+    (``slaves`` in sysfs: device-mapper, md, ...), from a partition to its disk, and from a
+    loop device to the mount holding its backing file, and on from there.
+    """
     found: set[str] = set()
-    current = mount
-    for _ in range(_MAX_STACK_DEPTH):
-        backing = loop_backing_file(current.source, current.major_minor)
-        if backing is None:
+    start = {mount.major_minor, *_source_device(mount)}
+    seen, todo = set(start), list(start)
+    for _ in range(_MAX_STACK_STEPS):
+        if not todo:
             break
-        try:
-            current = mount_of(backing, mounts)
-        except ConfigError:
-            break  # backing file deleted or outside our mount namespace: nothing to order
-        if current.major_minor in found or current.major_minor == mount.major_minor:
-            break
-        found.add(current.major_minor)
+        device = todo.pop()
+        below = devices_below(device)
+        holder = _backing_mount(device, mounts)
+        if holder is not None:
+            found.add(holder.major_minor)
+            below |= {holder.major_minor, *_source_device(holder)}
+        for lower in below - seen:
+            seen.add(lower)
+            todo.append(lower)
+    found.discard(mount.major_minor)
     return found
+
+
+def _source_device(mount: MountInfo) -> set[str]:
+    """The block device a mount's source names (btrfs shows an anonymous device in
+    mountinfo, but its source is the real one)."""
+    if not mount.source.startswith("/dev/"):
+        return set()
+    try:
+        rdev = os.stat(mount.source).st_rdev
+    except OSError:
+        return set()
+    return {f"{os.major(rdev)}:{os.minor(rdev)}"} if rdev else set()
+
+
+def _backing_mount(device: str, mounts: list[MountInfo]) -> MountInfo | None:
+    """The mount holding the backing file of loop device ``device``, if it is one."""
+    backing = loop_backing_file("", device)
+    if backing is None:
+        return None
+    try:
+        return mount_of(backing, mounts)
+    except ConfigError:
+        return None  # backing file deleted or outside our mount namespace: nothing to order
+
+
+@dataclass
+class FsState:
+    """One file system of the plan and what this freezer did to it."""
+
+    mount: MountInfo
+    fd: int = -1
+    state: State = "thawed"
+    #: a FIFREEZE of ours succeeded during this cut
+    was_frozen: bool = False
+    #: our FITHAW found it thawed already: someone else (the sentinel, an operator) did it
+    thawed_from_outside: bool = False
+    error: OSError | None = None
 
 
 class Freezer:
     """Freezes the file systems holding ``paths`` and thaws them again.
 
-    Use as a context manager (``open`` on enter; ``thaw`` and ``close`` on exit, also after
-    errors). ``thaw()`` is idempotent and thread-safe so the watchdog may race the caller.
+    Use as a context manager (``open`` on enter; ``close`` — which thaws — on exit, also
+    after errors). ``thaw()`` is idempotent and thread-safe, so the watchdog may race the
+    caller; ``cancel()`` also refuses every later freeze.
     """
 
     def __init__(
@@ -134,12 +200,14 @@ class Freezer:
         self.lock_timeout = lock_timeout
         self.frozen_at: float | None = None
         self.thawed_at: float | None = None
-        #: a file system we froze was found thawed: the sentinel or an operator did it
-        self.thawed_by_other = False
-        self._lock = threading.Lock()
+        self._states = {m.major_minor: FsState(m) for m in self.mounts}
+        self._cond = threading.Condition()
+        self._stop = False
+        self._cancelled = False
         self._lock_fds: list[int] | None = None
-        self._fds: dict[str, int] = {}
-        self._frozen: list[tuple[MountInfo, int]] = []
+        self.sentinel: ThawSentinel | None = None
+
+    # -- what is known -------------------------------------------------------------------
 
     @property
     def mounts(self) -> list[MountInfo]:
@@ -148,26 +216,40 @@ class Freezer:
 
     @property
     def frozen(self) -> bool:
-        """Whether any file system of this freezer is frozen right now (by us)."""
-        return bool(self._frozen)
+        """Whether a FIFREEZE of ours may be in effect on any file system right now."""
+        with self._cond:
+            return self._unsettled()
+
+    @property
+    def thawed_by_other(self) -> bool:
+        """Whether a file system we froze was found thawed by someone else."""
+        return bool(self.thawed_from_outside)
+
+    @property
+    def thawed_from_outside(self) -> list[str]:
+        """Mount points we froze that someone else thawed before our thaw."""
+        return [str(s.mount.mount_point) for s in self._states.values() if s.thawed_from_outside]
+
+    def stuck(self) -> list[str]:
+        """Mount points still frozen (or being frozen) after a thaw: their ioctls hang."""
+        with self._cond:
+            return [str(s.mount.mount_point) for s in self._states.values() if s.state != "thawed"]
 
     def fds_in_thaw_order(self) -> list[int]:
-        """The open mount-point descriptors, in thaw order (for :class:`ThawSentinel`)."""
-        return [
-            self._fds[m.major_minor] for m in reversed(self.mounts) if m.major_minor in self._fds
-        ]
+        """The open mount-point descriptors, in thaw order."""
+        return [s.fd for s in reversed(list(self._states.values())) if s.fd >= 0]
 
-    def sentinel(self, deadline_seconds: float) -> ThawSentinel:
-        """A :class:`ThawSentinel` over this freezer's mount points that also holds their
-        freeze locks until it exits; ``start()`` it after ``open()`` and before ``freeze()``."""
-        if self._lock_fds is None:
-            raise FreezeError(
-                "Freezer.sentinel() needs open() first: the mount points must be open"
-            )
-        return ThawSentinel(self.fds_in_thaw_order(), deadline_seconds, hold=self._lock_fds)
+    def _unsettled(self) -> bool:
+        return any(s.state != "thawed" for s in self._states.values())
 
-    def open(self) -> None:
-        """Take each file system's freeze lock and open every mount point. Idempotent."""
+    def _in_flight(self) -> bool:
+        return any(s.state in ("freezing", "thawing") for s in self._states.values())
+
+    # -- open / close --------------------------------------------------------------------
+
+    def open(self, *, sentinel: bool = True) -> None:
+        """Take each file system's freeze lock, open every mount point and start the thaw
+        sentinel (which holds the mount points and the locks too). Idempotent."""
         if self._lock_fds is not None:
             return
         self._lock_fds = []
@@ -176,94 +258,162 @@ class Freezer:
             for mount in sorted(self.mounts, key=lambda m: m.major_minor):
                 path = mount_lock_path(self.lock_path, mount)
                 self._lock_fds.append(_acquire_lock(path, mount, self.lock_timeout))
-            for mount in self.mounts:
-                self._fds[mount.major_minor] = _open_mount_point(mount)
+            for fs in self._states.values():
+                fs.fd = _open_mount_point(fs.mount)
+            if sentinel and self._states:
+                self.sentinel = ThawSentinel(self.fds_in_thaw_order(), hold=self._lock_fds)
+                self.sentinel.start()
         except BaseException:
             self.close()
             raise
 
-    def freeze(self) -> float:
-        """Freeze every file system, wave after wave; return ``time.time()`` when all are
-        frozen. On any failure, thaw what was frozen and raise :class:`FreezeError`."""
-        self.open()
-        with self._lock:
-            if self._frozen:
-                raise FreezeError("freeze() called while already frozen; thaw() first")
-            self.thawed_at = None
-            try:
-                for wave in self.plan:
-                    self._freeze_wave(wave)
-            except BaseException:
-                self._thaw_locked()
-                raise
-            self.frozen_at = time.time()
-            return self.frozen_at
-
-    def _freeze_wave(self, wave: list[MountInfo]) -> None:
-        fds = [self._fds[m.major_minor] for m in wave]
-        errors: list[OSError | None] = [None] * len(wave)
-
-        def freeze_one(index: int) -> None:
-            try:
-                fcntl.ioctl(fds[index], FIFREEZE, 0)
-            except OSError as exc:
-                errors[index] = exc
-
-        if len(wave) == 1:
-            freeze_one(0)
-        else:
-            threads = [threading.Thread(target=freeze_one, args=(i,)) for i in range(len(wave))]
-            for thread in threads:
-                thread.start()
-            for thread in threads:
-                thread.join()
-        self._frozen.extend(
-            (m, fd) for m, fd, err in zip(wave, fds, errors, strict=True) if not err
-        )
-        for mount, error in zip(wave, errors, strict=True):
-            if error is not None:
-                raise _freeze_error("freeze", mount, error) from error
-
-    def thaw(self) -> float:
-        """Thaw in exact reverse order; return ``time.time()`` when all are thawed.
-
-        Idempotent and thread-safe. A file system somebody else already thawed is fine.
-        """
-        with self._lock:
-            if self._frozen:
-                self._thaw_locked()
-            return self.thawed_at if self.thawed_at is not None else time.time()
-
-    def _thaw_locked(self) -> None:
-        failures: list[tuple[MountInfo, int, OSError]] = []
-        while self._frozen:
-            mount, fd = self._frozen[-1]
-            try:
-                fcntl.ioctl(fd, FITHAW, 0)
-            except OSError as exc:
-                if exc.errno == errno.EINVAL:  # not frozen: somebody else thawed it
-                    self.thawed_by_other = True
-                else:
-                    failures.append((mount, fd, exc))
-            self._frozen.pop()
-        self.thawed_at = time.time()
-        if failures:
-            # still frozen: keep them, so that the next thaw (release, close) tries again
-            self._frozen = [(mount, fd) for mount, fd, _ in reversed(failures)]
-            mount, _, error = failures[0]
-            raise _freeze_error("thaw", mount, error) from error
-
     def close(self) -> None:
-        """Thaw if still frozen, close the mount points and release the freeze locks."""
+        """Thaw if still frozen, close the mount points, end the sentinel, drop the locks."""
         try:
             self.thaw()
         finally:
-            for fd in self._fds.values():
-                os.close(fd)
-            self._fds.clear()
+            if self.sentinel is not None:
+                if not self.frozen:
+                    self.sentinel.finish()
+                self.sentinel.close()  # without "done" the sentinel thaws on its way out
+                self.sentinel = None
+            with self._cond:
+                stuck = self._unsettled()
+            if not stuck:  # a stuck ioctl still uses its descriptor: leave it open
+                for fs in self._states.values():
+                    if fs.fd >= 0:
+                        os.close(fs.fd)
+                        fs.fd = -1
             for fd in self._lock_fds or []:
-                os.close(fd)  # closing the only descriptor releases the flock
+                os.close(fd)  # the sentinel's copies keep the lock until it exits
             self._lock_fds = None
+
+    # -- freeze --------------------------------------------------------------------------
+
+    def freeze(self, deadline_seconds: float | None = None) -> float:
+        """Freeze every file system, wave after wave; return ``time.time()`` when all are
+        frozen. On any failure or interruption, thaw what may be frozen and raise.
+
+        ``deadline_seconds`` arms the sentinel: it thaws by itself that long (plus a grace)
+        from now unless every file system is thawed before.
+        """
+        self.open()
+        with self._cond:
+            if self._cancelled:
+                raise FreezeError("the freeze was cancelled (deadline passed or release asked)")
+            if self._unsettled():
+                raise FreezeError("freeze() called while already frozen; thaw() first")
+            self._stop = False
+            self.thawed_at = None
+        if self.sentinel is not None and deadline_seconds is not None:
+            self.sentinel.arm(deadline_seconds)
+        try:
+            for wave in self.plan:
+                self._freeze_wave([self._states[m.major_minor] for m in wave])
+        except BaseException:
+            self.thaw()
+            raise
+        self.frozen_at = time.time()
+        return self.frozen_at
+
+    def _freeze_wave(self, wave: list[FsState]) -> None:
+        with self._cond:
+            if self._stop:
+                raise FreezeError("thawed while freezing: a thaw was asked for meanwhile")
+            for fs in wave:
+                fs.state, fs.error = "freezing", None  # recorded before the ioctl
+        threads = [
+            threading.Thread(target=self._freeze_one, args=(fs,), daemon=True, name="fifreeze")
+            for fs in wave
+        ]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()  # interruptible: a signal reaches the caller, the thread goes on
+        failed = [fs for fs in wave if fs.error is not None]
+        if failed:
+            error = failed[0].error
+            assert error is not None
+            raise _freeze_error("freeze", failed[0].mount, error) from error
+        with self._cond:
+            if self._stop:
+                raise FreezeError("thawed while freezing: a thaw was asked for meanwhile")
+
+    def _freeze_one(self, fs: FsState) -> None:
+        try:
+            fcntl.ioctl(fs.fd, FIFREEZE, 0)
+        except OSError as exc:
+            with self._cond:
+                fs.state, fs.error = "thawed", exc  # EBUSY: frozen by someone else, not ours
+                self._cond.notify_all()
+            return
+        with self._cond:
+            fs.was_frozen = True
+            if not self._stop:
+                fs.state = "frozen"
+                self._cond.notify_all()
+                return
+            fs.state = "thawing"  # a thaw was asked for while we froze: undo at once
+        self._thaw_one(fs)
+
+    # -- thaw ----------------------------------------------------------------------------
+
+    def thaw(self, wait: float = THAW_WAIT) -> float:
+        """Thaw everything we may have frozen, each file system independently; return
+        ``time.time()`` when all are thawed.
+
+        Idempotent and thread-safe: a second caller waits for the first one's thaw. A file
+        system somebody else already thawed is fine (noted in :attr:`thawed_from_outside`).
+        Raises FreezeError naming what could not be thawed within ``wait`` seconds or
+        refused the thaw (it is tried again by the next call).
+        """
+        with self._cond:
+            self._stop = True
+            targets = [fs for fs in reversed(list(self._states.values())) if fs.state == "frozen"]
+            for fs in targets:
+                fs.state = "thawing"
+        for fs in targets:  # lower file systems first (reverse order), none waits for another
+            threading.Thread(target=self._thaw_one, args=(fs,), daemon=True, name="fithaw").start()
+        end = time.monotonic() + wait
+        with self._cond:
+            while self._in_flight() and (left := end - time.monotonic()) > 0:
+                self._cond.wait(left)
+            unsettled = [fs for fs in self._states.values() if fs.state != "thawed"]
+            failed = [fs for fs in unsettled if fs.state == "frozen"]
+            if not unsettled and self.thawed_at is None:
+                self.thawed_at = time.time()
+        if failed:
+            error = failed[0].error
+            assert error is not None
+            raise _freeze_error("thaw", failed[0].mount, error) from error
+        if unsettled:
+            names = ", ".join(str(fs.mount.mount_point) for fs in unsettled)
+            raise FreezeError(
+                f"{names}: the freeze or thaw ioctl has not returned after {wait:.0f}s; it may "
+                "still be frozen: check the kernel log (dmesg) and `fsfreeze -u` it"
+            )
+        return self.thawed_at if self.thawed_at is not None else time.time()
+
+    def _thaw_one(self, fs: FsState) -> None:
+        try:
+            fcntl.ioctl(fs.fd, FITHAW, 0)
+        except OSError as exc:
+            with self._cond:
+                if exc.errno == errno.EINVAL:  # not frozen: somebody else thawed it
+                    fs.state, fs.thawed_from_outside = "thawed", True
+                else:
+                    fs.state, fs.error = "frozen", exc  # still frozen: the next thaw retries
+                self._cond.notify_all()
+            return
+        with self._cond:
+            fs.state = "thawed"
+            self._cond.notify_all()
+
+    def cancel(self) -> None:
+        """Thaw, and refuse every later freeze of this freezer (the deadline passed)."""
+        with self._cond:
+            self._cancelled = True
+        self.thaw()
 
     def __enter__(self) -> Freezer:
         self.open()

@@ -1,9 +1,11 @@
 """One cut as the guest sees it: the phases over the volumes, databases and hooks it declared.
 
 The coordinator can only ask for the next phase; everything that runs comes from the
-host's own guest config. ``release()`` is the one way out and runs on every path: it thaws
-what is frozen, runs the post-scripts whose pre-script ran, ends the writers' holds and
-deletes local snapshots.
+host's own guest config. Every hold — a quiesce pre-script that ended, a writer's lock, a
+frozen file system — ends within one deadline counted from the first of them
+(:class:`~cleancut.guest.watchdog.Watchdog`), whatever the coordinator does.
+``release()`` is the one way out and runs on every path: it thaws what is frozen, ends the
+writers' holds, runs the post-scripts whose pre-script ran and deletes local snapshots.
 """
 
 from __future__ import annotations
@@ -11,28 +13,28 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from cleancut.config.guest import GuestConfig
-from cleancut.errors import CleancutError, MoverError, ProtocolError
+from cleancut.errors import CleancutError, FreezeError, MoverError, ProtocolError
 from cleancut.guest.freezer import Freezer
-from cleancut.guest.hooks import HookSpec, collect_hooks, run_hook
-from cleancut.guest.security import open_trusted
-from cleancut.guest.watchdog import ThawSentinel, Watchdog
+from cleancut.guest.hooks import collect_hooks
+from cleancut.guest.hooks_phase import HookPhases
+from cleancut.guest.watchdog import Watchdog
 from cleancut.guest.writer_set import WriterSet
-from cleancut.manifest import HookRun
 from cleancut.mover.base import RepositoryAccess
 from cleancut.mover.restic import ResticMover
+from cleancut.protocol import FreezeArgs, HelloArgs, PlanArgs, UploadArgs
 from cleancut.providers import make_provider, snapshot_all
 from cleancut.providers.base import Provider, Snapshot
+from cleancut.system.mounts import mount_of
 
 Emit = Callable[[str, dict[str, Any]], None]
 
-#: Extra seconds the thaw sentinel waits beyond freeze_timeout: it starts before the
-#: writers' holds (which may wait seconds for a database lock) and must not beat the watchdog.
-SENTINEL_SLACK = 10.0
+#: The most a coordinator may ask a guest to hold when its guest.toml does not say.
+DEFAULT_MAX_FREEZE_TIMEOUT = 60.0
 
 # The phase each operation may follow; release and bye are allowed from anywhere.
 _AFTER = {
@@ -55,19 +57,21 @@ class GuestSession:
         self.phase = "new"
         self.rp_id = ""
         self.freeze_timeout = 10.0
-        self.hooks: list[HookSpec] = []
+        self.hooks = HookPhases([])
         self.providers: dict[str, Provider] = {}
         self.writers = WriterSet({})
         self.freezer: Freezer | None = None
         self.watchdog: Watchdog | None = None
-        self.sentinel: ThawSentinel | None = None
         self.snapshots: dict[str, Snapshot] = {}
-        self.pre_ran: set[str] = set()
-        self.post_ran: set[str] = set()
         self.frozen_at: float | None = None
         self.freeze_error: str | None = None
-        self._thaw_times: dict[str, Any] | None = None
         self.input_closed = input_closed or threading.Event()
+        #: set while hooks run or the session releases: a stop signal waits for them
+        self.deferring = 0
+        self._end_lock = threading.Lock()
+        self._ended: dict[str, Any] | None = None
+        self._stall_from: float | None = None  # monotonic, the first writer hold or FIFREEZE
+        self._stall_until: float | None = None
 
     # -- phase bookkeeping -------------------------------------------------------------
 
@@ -77,9 +81,18 @@ class GuestSession:
         if allowed is not None and self.phase not in allowed:
             raise ProtocolError(f"operation {op!r} is not allowed after {self.phase!r}")
 
+    @contextlib.contextmanager
+    def deferred_stop(self) -> Iterator[None]:
+        """A stop signal arriving inside waits until the block is done (hooks, release)."""
+        self.deferring += 1
+        try:
+            yield
+        finally:
+            self.deferring -= 1
+
     @property
     def freeze_enabled(self) -> bool:
-        return all(spec.freeze for spec in self.hooks)
+        return all(spec.freeze for spec in self.hooks.specs)
 
     def _freeze_paths(self) -> list[Path]:
         if not self.freeze_enabled:
@@ -88,16 +101,19 @@ class GuestSession:
 
     # -- hello -------------------------------------------------------------------------
 
-    def hello(self, rp_id: str, freeze_timeout: float) -> dict[str, Any]:
+    def hello(self, args: HelloArgs) -> dict[str, Any]:
         """Check everything that can be checked without touching anything; report inventory."""
-        self.rp_id = rp_id
-        self.freeze_timeout = freeze_timeout
-        self.hooks = collect_hooks(self.config)
-        for spec in self.hooks:
-            for argv, pin in ((spec.pre, spec.pre_sha256), (spec.post, spec.post_sha256)):
-                if argv is not None:
-                    with open_trusted(Path(argv[0]), sha256=pin):
-                        pass
+        limit = float(getattr(self.config, "max_freeze_timeout", DEFAULT_MAX_FREEZE_TIMEOUT))
+        if args.freeze_timeout > limit:
+            raise ProtocolError(
+                f"freeze_timeout {args.freeze_timeout:g}s is more than this host allows "
+                f"(max_freeze_timeout = {limit:g}s in {self.config_path}); lower freeze_timeout "
+                "in the application config, or raise max_freeze_timeout on this host"
+            )
+        self.rp_id = args.rp_id
+        self.freeze_timeout = args.freeze_timeout
+        self.hooks = HookPhases(collect_hooks(self.config), self.rp_id, list(self.config.volumes))
+        self.hooks.check()
         staging = self.config.staging
         for name, volume in self.config.volumes.items():
             provider = make_provider(name, volume, staging)
@@ -106,55 +122,76 @@ class GuestSession:
         self.writers = WriterSet(dict(self.config.databases))
         databases = self.writers.check()
         self.freezer = Freezer(self._freeze_paths(), allow_root=self.config.allow_root_freeze)
+        self.watchdog = Watchdog(self.freeze_timeout, self._expire)
+        if self.input_closed.is_set():
+            self.watchdog.input_closed()
         self.phase = "hello"
         return {
-            "volumes": {
-                name: {
-                    "path": str(volume.path),
-                    "provider": volume.snapshot,
-                    "freeze": volume.frozen and self.freeze_enabled,
-                    "unheld_level": self.providers[name].unheld_level,
-                    **self.providers[name].describe(),
-                }
-                for name, volume in self.config.volumes.items()
-            },
+            "volumes": self._volume_inventory(),
             "databases": databases,
-            "hooks": [
-                {"name": s.name, "source": s.source, "pre": s.pre, "post": s.post}
-                for s in self.hooks
-            ],
+            "hooks": self.hooks.inventory(),
             "freeze_enabled": self.freeze_enabled,
         }
+
+    def _volume_inventory(self) -> dict[str, Any]:
+        inventory = {}
+        for name, volume in self.config.volumes.items():
+            provider = self.providers[name]
+            try:
+                mount = str(mount_of(volume.path).mount_point)
+            except CleancutError:
+                mount = None
+            inventory[name] = {
+                "path": str(volume.path),
+                "provider": volume.snapshot,
+                "freeze": volume.frozen and self.freeze_enabled,
+                "unheld_level": provider.unheld_level,
+                "mount": mount,
+                **provider.describe(),
+            }
+        return inventory
 
     # -- prepare -----------------------------------------------------------------------
 
     def prepare(self) -> dict[str, Any]:
         """Pre-scripts, then the writers' slow preparation, then the providers' set-up."""
         self.enter("prepare")
-        runs = []
-        for spec in self.hooks:
-            if spec.pre is None:
-                continue
-            self.pre_ran.add(spec.name)
-            run = run_hook(spec, "pre", env_extra={"CLEANCUT_RP": self.rp_id})
-            run = run.model_copy(update={"continue_on_failure": spec.continue_on_failure})
-            runs.append(run)
-            if not run.ok and not spec.continue_on_failure:
-                break
+        watchdog = self._watchdog()
+        with self.deferred_stop():
+            runs = self.hooks.run_pres(on_quiesced=watchdog.hold_started, expired=self._expired)
+        self._raise_if_expired("during the pre-scripts")
         self.writers.prepare()
         for provider in self.providers.values():
             provider.prepare(self.rp_id)
         assert self.freezer is not None
         if self.freezer.mounts:
-            # the host-wide freeze lock and the mount points' descriptors, before the freeze
+            # the freeze locks, the mount points' descriptors and the thaw sentinel
             self.freezer.open()
+        self._raise_if_expired("during prepare")
         self.phase = "prepare"
-        return {"hooks": [_dump(run) for run in runs], "writers": self.writers.report()}
+        return {"hooks": runs, "writers": self.writers.report()}
+
+    def _watchdog(self) -> Watchdog:
+        if self.watchdog is None:
+            raise ProtocolError("no cut in progress: hello first")
+        return self.watchdog
+
+    def _expired(self) -> bool:
+        return self.watchdog is not None and self.watchdog.fired is not None
+
+    def _raise_if_expired(self, when: str) -> None:
+        watchdog = self.watchdog
+        if watchdog is not None and watchdog.fired is not None:
+            raise FreezeError(
+                f"the holds ended by themselves {when} ({watchdog.fired}: freeze_timeout "
+                f"{self.freeze_timeout:g}s counts from the first hold, here a quiesce or "
+                "lock); the post-scripts ran; raise freeze_timeout if the cut needs longer"
+            )
 
     # -- freeze / snapshot / thaw ------------------------------------------------------
 
-    def freeze(self, *, snapshot: bool = False, thaw: bool = False) -> dict[str, Any]:
-        """Writers take their holds, then the file systems freeze; the watchdog is armed.
+    def freeze(self, args: FreezeArgs | None = None) -> dict[str, Any]:
+        """Writers take their holds, then the file systems freeze, within the deadline.
 
         With ``snapshot`` the snapshots are taken right away, inside this host's hold: the
         image is the same whenever it is taken while frozen, and the coordinator saves a
@@ -162,30 +199,21 @@ class GuestSession:
         With ``thaw`` as well (a cut of one host: its own hold is the whole quiet window) the
         holds end right after the snapshots; ``thaw`` then only runs the post-scripts.
         """
+        args = args or FreezeArgs()
         self.enter("freeze")
+        self._raise_if_expired("before the freeze")
         assert self.freezer is not None
         freezer = self.freezer
         mounts = [str(m.mount_point) for m in freezer.mounts]
         hold_started_at = time.time()
+        self.writers.hold(self._seconds_left, on_first=self._hold_started)
         try:
-            if mounts:  # the safety nets first: they are up before anything is held
-                self.watchdog = Watchdog(lambda _reason: _thaw_quietly(freezer))
-                if self.input_closed.is_set():  # the coordinator left while we got here
-                    self.watchdog.input_closed()
-                # the sentinel is the last resort for a guest that died: its deadline leaves
-                # room for the holds before the freeze, so it never beats the watchdog
-                self.sentinel = freezer.sentinel(self.freeze_timeout + SENTINEL_SLACK)
-                self.sentinel.start()
-            # the write stall starts here: writers' holds and the freeze both block writes
-            hold_started_at = time.time()
-            self.writers.hold()
             if mounts:
-                self.frozen_at = freezer.freeze()
-                assert self.watchdog is not None
-                self.watchdog.arm(self.freeze_timeout)
+                self._hold_started()
+                self.frozen_at = freezer.freeze(deadline_seconds=self._seconds_left())
             else:
                 self.frozen_at = time.time()
-        except CleancutError as exc:
+        except FreezeError as exc:
             self.freeze_error = exc.message
             self.frozen_at = time.time()
             mounts = []
@@ -197,18 +225,26 @@ class GuestSession:
             "freeze_error": self.freeze_error,
             "writers": self.writers.report(),
         }
-        if snapshot:
+        if args.snapshot:
             reply["snapshot"] = self.snapshot()
-            if thaw:
+            if args.thaw:
                 self._end_holds()
         return reply
+
+    def _hold_started(self) -> None:
+        if self._stall_from is None:
+            self._stall_from = time.monotonic()
+        self._watchdog().hold_started()
+
+    def _seconds_left(self) -> float:
+        left = self._watchdog().remaining()
+        return self.freeze_timeout if left is None else max(0.0, left)
 
     def snapshot(self) -> dict[str, Any]:
         """Every provider makes its point-in-time image (inside the freeze: no disk I/O here)."""
         self.enter("snapshot")
         self.snapshots, errors = snapshot_all(self.providers)
         self.phase = "snapshot"
-        fired = self.watchdog.fired if self.watchdog else None
         return {
             "snapshots": {
                 name: {
@@ -220,110 +256,111 @@ class GuestSession:
                 for name, s in self.snapshots.items()
             },
             "errors": errors,
-            "self_thawed": fired,
-            "self_thawed_at": self._self_thawed_at(fired),
+            **self._self_thaw(),
         }
 
     def thaw(self) -> dict[str, Any]:
         """Thaw in reverse order, end the writers' holds, run the post-scripts."""
         self.enter("thaw")
         times = self._end_holds()
-        runs = self._run_posts()
+        with self.deferred_stop():
+            runs = self.hooks.run_posts()
         self.phase = "thaw"
-        return {**times, "writers": self.writers.report(), "hooks": [_dump(r) for r in runs]}
+        return {**times, **self._figures(), "writers": self.writers.report(), "hooks": runs}
 
-    def _end_holds(self) -> dict[str, Any]:
-        """Thaw the file systems and end the writers' holds, once; returns when it happened."""
-        if self._thaw_times is None:
+    def _self_thaw(self) -> dict[str, Any]:
+        """Whether the holds ended before the coordinator's thaw, why and when."""
+        watchdog = self.watchdog
+        fired = watchdog.fired if watchdog else None
+        freezer = self.freezer
+        if fired is None and freezer is not None and freezer.thawed_by_other:
+            fired = "thawed from outside"  # the sentinel or an operator: not our window
+        at = watchdog.fired_at if watchdog and watchdog.fired else None
+        if fired is not None and at is None and freezer is not None:
+            at = freezer.thawed_at
+        return {"self_thawed": fired, "self_thawed_at": at}
+
+    def _figures(self) -> dict[str, Any]:
+        """The write stall and the application's pause, on this host's monotonic clock."""
+        stall = None
+        if self._stall_from is not None and self._stall_until is not None:
+            stall = self._stall_until - self._stall_from
+        freezer = self.freezer
+        return {
+            "write_stall": stall,
+            "pause": self.hooks.pause(),
+            "thawed_from_outside": freezer.thawed_from_outside if freezer else [],
+        }
+
+    def _end_holds(self, reason: str | None = None) -> dict[str, Any]:
+        """Thaw the file systems and end the writers' holds, once; returns when it happened.
+
+        ``reason`` is given by the watchdog (deadline, coordinator gone, stop): the holds are
+        then ended without waiting for busy databases.
+        """
+        with self._end_lock:
+            if self._ended is not None:
+                return self._ended
+            if reason is None and self.watchdog is not None:
+                self.watchdog.settle()  # from here on it never fires
             thaw_started_at = time.time()
-            fired = self._thaw(finish_sentinel=False)
-            frozen_until = self.freezer.thawed_at if self.freezer else None
-            thawed_at = frozen_until or time.time()
-            self.writers.release()
-            hold_ended_at = time.time()
-            self._finish_sentinel()  # reaping the sentinel is no part of the stall
+            errors: list[str] = []
             if self.freezer is not None:
-                self.freezer.close()  # the freeze locks are not held through the upload
-            self._thaw_times = {
+                try:
+                    if reason is None:
+                        self.freezer.thaw()
+                    else:
+                        self.freezer.cancel()
+                except FreezeError as exc:
+                    errors.append(exc.message)
+            thawed_at = (self.freezer.thawed_at if self.freezer else None) or time.time()
+            if reason is None:
+                self.writers.release()
+            else:
+                self.writers.abort(f"the holds ended by themselves ({reason})")
+            hold_ended_at = time.time()
+            if self._stall_from is not None:
+                self._stall_until = time.monotonic()
+            self._ended = {
                 "thaw_started_at": thaw_started_at,
                 "thawed_at": thawed_at,
                 "hold_ended_at": hold_ended_at,
-                "self_thawed": fired,
-                "self_thawed_at": self._self_thawed_at(fired),
+                "thaw_errors": errors,
+                **self._self_thaw(),
             }
-        return self._thaw_times
+            return self._ended
 
-    def _self_thawed_at(self, fired: str | None) -> float | None:
-        """When the watchdog thawed (the freezer's thaw time), if it did."""
-        if fired is None or self.freezer is None:
-            return None
-        return self.freezer.thawed_at
-
-    def _thaw(self, *, finish_sentinel: bool = True) -> str | None:
-        fired = None
-        if self.watchdog is not None:
-            self.watchdog.disarm()
-            fired = self.watchdog.fired
-        if self.freezer is not None:
-            self.freezer.thaw()
-            if fired is None and self.freezer.thawed_by_other:
-                fired = "thawed from outside"  # the sentinel or an operator: not our window
-        if finish_sentinel:
-            self._finish_sentinel()
-        return fired
-
-    def _finish_sentinel(self) -> None:
-        # only once everything is thawed: "done" tells the sentinel it need not thaw
-        if self.sentinel is not None and not (self.freezer and self.freezer.frozen):
-            self.sentinel.finish()
-            self.sentinel = None
-
-    def _run_posts(self) -> list[HookRun]:
-        """Post-scripts of every hook whose pre-script ran, and of post-only hooks."""
-        runs = []
-        for spec in reversed(self.hooks):
-            if spec.post is None or spec.name in self.post_ran:
-                continue
-            if spec.pre is not None and spec.name not in self.pre_ran:
-                continue
-            self.post_ran.add(spec.name)
-            runs.append(run_hook(spec, "post", env_extra={"CLEANCUT_RP": self.rp_id}))
-        return runs
+    def _expire(self, reason: str) -> None:
+        """The watchdog's way out: end every hold now, then run the post-scripts."""
+        self._end_holds(reason)
+        self.hooks.run_posts(only_finished=True)
 
     # -- upload / release --------------------------------------------------------------
 
-    def upload(
-        self,
-        access: RepositoryAccess,
-        app: str,
-        host: str,
-        emit: Emit,
-        parents: dict[str, str] | None = None,
-    ) -> dict[str, Any]:
+    def upload(self, args: UploadArgs, emit: Emit) -> dict[str, Any]:
         """Each snapshot into the repository, tagged with application, RP, host and resource.
 
         ``parents`` are the resources' previous snapshots: restic then skips unchanged files.
         A parent the repository no longer has only costs a full read, never the upload.
         """
         self.enter("upload")
-        mover = ResticMover(access)
+        mover = ResticMover(RepositoryAccess(args.repository.url, args.repository.password))
         uploads: dict[str, Any] = {}
         for name, snap in self.snapshots.items():
-            source = snap.path
 
             def progress(figures: dict[str, Any], resource: str = name) -> None:
                 emit("progress", {"resource": resource, **figures})
 
-            tags = {"cleancut": "", "app": app, "rp": self.rp_id, "host": host, "resource": name}
-            parent = (parents or {}).get(name)
+            tags = self._tags(args.app, args.host, name)
+            parent = args.parents.get(name)
             try:
                 result = mover.backup(
-                    source, host=host, tags=tags, progress=progress, parent=parent
+                    snap.path, host=args.host, tags=tags, progress=progress, parent=parent
                 )
             except MoverError:
                 if parent is None:
                     raise
-                result = mover.backup(source, host=host, tags=tags, progress=progress)
+                result = mover.backup(snap.path, host=args.host, tags=tags, progress=progress)
             uploads[name] = {
                 "snapshot_id": result.snapshot_id,
                 "bytes_processed": result.bytes_processed,
@@ -334,12 +371,12 @@ class GuestSession:
         self.phase = "upload"
         return {"uploads": uploads}
 
-    def plan(self, access_url: str, app: str, host: str) -> dict[str, Any]:
+    def _tags(self, app: str, host: str, resource: str) -> dict[str, str]:
+        return {"cleancut": "", "app": app, "rp": self.rp_id, "host": host, "resource": resource}
+
+    def plan(self, args: PlanArgs) -> dict[str, Any]:
         """The steps a cut would run here, including every restic command; touches nothing."""
-        steps: list[str] = []
-        for spec in self.hooks:
-            if spec.pre:
-                steps.append(f"prepare: run pre-script {spec.name} ({spec.source}): {spec.pre}")
+        steps = self.hooks.plan()
         for name, kind in self.writers.names():
             steps.append(f"prepare: {kind} writer {name}: checkpoint")
         for name, kind in self.writers.names():
@@ -351,47 +388,52 @@ class GuestSession:
         for name, provider in self.providers.items():
             steps.append(f"snapshot: {provider.kind} snapshot of volume {name}")
         steps.append("thaw: FITHAW in reverse order; writers release; post-scripts")
-        mover = ResticMover(RepositoryAccess(access_url, ""))
+        mover = ResticMover(RepositoryAccess(args.repository, ""))
         for name, volume in self.config.volumes.items():
-            tags = {"cleancut": "", "app": app, "rp": self.rp_id, "host": host, "resource": name}
-            steps.append(f"upload: volume {name}: {mover.preview_backup(volume.path, host, tags)}")
+            tags = self._tags(args.app, args.host, name)
+            line = mover.preview_backup(volume.path, args.host, tags)
+            steps.append(f"upload: volume {name}: {line}")
         return {"steps": steps}
 
     def release(self) -> dict[str, Any]:
         """Thaw, end holds, run pending post-scripts, delete local snapshots. Never raises:
-        each step runs whatever the one before it did, and errors are reported."""
+        each step runs whatever the one before it did, and errors are reported. A stop
+        signal arriving meanwhile waits for it."""
         errors: list[str] = []
-        fired = _attempt(errors, self._thaw)
-        # holds end before the post-scripts, which may write to the held databases
-        _attempt(errors, self.writers.close)
-        runs = _attempt(errors, self._run_posts) or []
-        for provider in self.providers.values():
-            _attempt(errors, provider.release)
-        if self.freezer is not None:
-            _attempt(errors, self.freezer.close)
-        if self.watchdog is not None:
-            _attempt(errors, self.watchdog.close)
+        with self.deferred_stop():
+            watchdog = self.watchdog
+            if watchdog is not None and watchdog.fired is not None:
+                watchdog.wait_fired(self.hooks.post_bound() + 30)  # its post-scripts first
+            ended = _attempt(errors, self._end_holds) or {}
+            errors += list(ended.get("thaw_errors", []))
+            # holds end before the post-scripts, which may write to the held databases
+            _attempt(errors, self.writers.close)
+            runs = _attempt(errors, self.hooks.run_posts) or []
+            for provider in self.providers.values():
+                _attempt(errors, provider.release)
+            if self.freezer is not None:
+                _attempt(errors, self.freezer.close)
+                stuck = self.freezer.stuck()
+                if stuck:
+                    errors.append(f"still frozen, the thaw ioctl hangs: {', '.join(stuck)}")
+            if watchdog is not None:
+                if watchdog.error is not None:
+                    errors.append(f"watchdog: {watchdog.error}")
+                _attempt(errors, watchdog.close)
         self.phase = "released"
-        return {"self_thawed": fired, "hooks": [_dump(r) for r in runs], "errors": errors}
+        return {
+            "self_thawed": ended.get("self_thawed"),
+            **self._figures(),
+            "hooks": runs,
+            "not_run": self.hooks.not_run(),
+            "errors": errors,
+        }
 
 
-T = TypeVar("T")
-
-
-def _attempt(errors: list[str], step: Callable[[], T]) -> T | None:
+def _attempt(errors: list[str], step: Callable[[], Any]) -> Any:
     """``step()``, or None with its error noted: one failure must not skip the next step."""
     try:
         return step()
     except Exception as exc:
         errors.append(f"{type(exc).__name__}: {exc}")
         return None
-
-
-def _thaw_quietly(freezer: Freezer) -> None:
-    """The watchdog's thaw: a failure is reported by the later explicit thaw, not here."""
-    with contextlib.suppress(CleancutError):
-        freezer.thaw()
-
-
-def _dump(run: HookRun) -> dict[str, Any]:
-    return run.model_dump(mode="json")

@@ -1,111 +1,147 @@
-"""Every freeze ends: the in-process watchdog and the out-of-process thaw sentinel.
+"""One deadline per guest: every hold ends within ``freeze_timeout``, whatever happens.
 
-:class:`Watchdog` is a daemon thread that thaws when the freeze deadline passes or the
-coordinator goes away (stdin EOF). It lives in memory only: while a file system is
-frozen, a file read, a log line written to disk or an import could block on it forever.
+The guest holds its applications in three ways: a quiesce pre-script that ended (the
+application is paused until its post-script), a writer's database lock, and a frozen file
+system. :class:`Watchdog` is a thread that counts one deadline from the *first* of them and,
+when it passes — or when the coordinator is gone (stdin EOF), or the guest is told to stop
+(a signal) — calls ``end_holds(reason)`` once, on its own thread. The session's
+``end_holds`` thaws, ends the writers' holds and runs the post-scripts, also on a host
+where nothing is frozen, and also while the guest's main thread is busy or waiting for a
+coordinator that was stopped.
 
-:class:`ThawSentinel` covers what no thread can: the guest process itself being killed
-(SIGKILL, OOM killer) while frozen. A tiny forked child holds its own descriptors of the
-frozen mount points and a pipe from the parent; when the pipe reaches EOF (the parent is
-gone) or the deadline plus a grace second passes without the parent saying "done", it
-thaws them. The child only makes system calls on what it already holds.
+It lives in memory: while a file system is frozen, a file read, a log line written to
+disk or an import could block on it forever. :meth:`stop` takes no lock, so a signal
+handler may call it (a lock taken in a handler can deadlock against the thread it
+interrupted); the thread notices within :data:`POLL` seconds.
+
+The guest process itself being killed or stopped is covered by the thaw sentinel
+(:mod:`cleancut.guest.sentinel`) and each writer's own deadline.
 """
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
-import os
-import select
-import signal
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from types import TracebackType
-
-FITHAW = 0xC0045878
-SENTINEL_GRACE = 1.0
 
 REASON_DEADLINE = "deadline"
 REASON_COORDINATOR_GONE = "coordinator gone"
 
+#: How often the thread looks at a stop asked for by a signal handler.
+POLL = 0.05
+
 
 class Watchdog:
-    """Calls ``thaw(reason)`` once per arming: when the deadline passes (``"deadline"``)
-    or when :meth:`input_closed` is signalled (``"coordinator gone"``).
-
-    ``arm`` right after the freeze, ``disarm`` after a normal thaw. The thaw callable runs
-    on the watchdog's thread; an exception from it is kept in :attr:`error`.
+    """Calls ``end_holds(reason)`` at most once: at the deadline (``"deadline"``), when the
+    coordinator is gone (``"coordinator gone"``) or when :meth:`stop` asks for it — but only
+    once a hold has started, and never after :meth:`settle` (the holds ended normally).
     """
 
-    def __init__(self, thaw: Callable[[str], object]) -> None:
-        self._thaw = thaw
+    def __init__(self, timeout: float, end_holds: Callable[[str], object]) -> None:
+        self.timeout = timeout
+        self._end_holds = end_holds
         self._cond = threading.Condition()
         self._deadline: float | None = None
+        self._held_since: float | None = None
         self._input_closed = False
-        self._stopped = False
+        self._stop_reason: str | None = None  # set without a lock, from signal handlers
+        self._settled = False
+        self._closed = False
         self.fired: str | None = None
+        #: ``time.time()`` when it fired, for the manifest
+        self.fired_at: float | None = None
         self.error: BaseException | None = None
+        self._done = threading.Event()
         self._thread = threading.Thread(target=self._run, name="cleancut-watchdog", daemon=True)
         self._thread.start()
 
-    def arm(self, deadline_seconds: float) -> None:
-        """Start the countdown: thaw unless disarmed within ``deadline_seconds``."""
-        with self._cond:
-            self.fired = None
-            self.error = None
-            self._deadline = time.monotonic() + deadline_seconds
-            self._cond.notify_all()
+    # -- what the session tells it ---------------------------------------------------------
 
-    def disarm(self) -> None:
-        """The caller thawed normally: cancel the countdown."""
+    def hold_started(self) -> None:
+        """A hold began (a quiesce, a lock, a freeze): the countdown starts at the first one."""
         with self._cond:
-            self._deadline = None
-            self._cond.notify_all()
+            if self._deadline is None:
+                self._held_since = time.monotonic()
+                self._deadline = self._held_since + self.timeout
+                self._cond.notify_all()
 
     def input_closed(self) -> None:
-        """The coordinator is gone (stdin EOF): thaw now if armed, or as soon as armed."""
+        """The coordinator is gone (stdin EOF): end the holds now, or as soon as one starts."""
         with self._cond:
             self._input_closed = True
             self._cond.notify_all()
 
+    def stop(self, reason: str) -> None:
+        """End the holds now (or as soon as one starts). Lock-free: safe in a signal handler."""
+        if self._stop_reason is None:
+            self._stop_reason = reason
+
+    def settle(self) -> None:
+        """The holds ended normally: never fire from now on."""
+        with self._cond:
+            self._settled = True
+            self._cond.notify_all()
+
+    # -- what the session asks it ----------------------------------------------------------
+
     @property
-    def armed(self) -> bool:
-        """Whether a countdown is running."""
-        return self._deadline is not None
+    def holding(self) -> bool:
+        """Whether a hold has started and neither the deadline nor a settle ended it."""
+        return self._deadline is not None and not self._settled and self.fired is None
+
+    def remaining(self) -> float | None:
+        """Seconds left until the deadline (≤ 0 once passed), or None before the first hold."""
+        deadline = self._deadline
+        return None if deadline is None else deadline - time.monotonic()
+
+    def wait_fired(self, timeout: float) -> bool:
+        """Wait until ``end_holds`` has returned after firing; whether it did."""
+        return self._done.wait(timeout)
 
     def close(self) -> None:
-        """Stop the thread (without thawing)."""
+        """Stop the thread (without firing)."""
         with self._cond:
-            self._stopped = True
+            self._closed = True
             self._cond.notify_all()
         self._thread.join(timeout=5)
 
+    # -- the thread --------------------------------------------------------------------------
+
     def _run(self) -> None:
-        while True:
-            reason = self._wait_for_reason()
-            if reason is None:
-                return
-            try:
-                self._thaw(reason)
-            except BaseException as exc:  # keep the thread alive; the caller reads .error
-                self.error = exc
+        reason = self._wait_for_reason()
+        if reason is None:
+            return
+        try:
+            self._end_holds(reason)
+        except BaseException as exc:  # keep it for the session's report
+            self.error = exc
+        finally:
+            self._done.set()
 
     def _wait_for_reason(self) -> str | None:
         with self._cond:
-            while not self._stopped:
+            while not (self._closed or self._settled):
                 if self._deadline is not None:
-                    remaining = self._deadline - time.monotonic()
-                    if self._input_closed or remaining <= 0:
-                        self.fired = (
-                            REASON_COORDINATOR_GONE if self._input_closed else REASON_DEADLINE
-                        )
-                        self._deadline = None
-                        return self.fired
-                    self._cond.wait(timeout=remaining)
+                    reason = self._reason()
+                    if reason is not None:
+                        self.fired, self.fired_at = reason, time.time()
+                        return reason
+                    timeout = min(POLL, max(0.0, self._deadline - time.monotonic()))
                 else:
-                    self._cond.wait()
+                    timeout = POLL
+                self._cond.wait(timeout)
             return None
+
+    def _reason(self) -> str | None:
+        assert self._deadline is not None
+        if self._stop_reason is not None:
+            return self._stop_reason
+        if self._input_closed:
+            return REASON_COORDINATOR_GONE
+        if time.monotonic() >= self._deadline:
+            return REASON_DEADLINE
+        return None
 
     def __enter__(self) -> Watchdog:
         return self
@@ -117,99 +153,3 @@ class Watchdog:
         traceback: TracebackType | None,
     ) -> None:
         self.close()
-
-
-class ThawSentinel:
-    """A forked child that thaws ``fds`` (mount-point descriptors, in thaw order) if this
-    process dies or stalls while frozen.
-
-    ``start()`` before freezing; ``finish()`` after the normal thaw (the child then exits
-    without touching anything). If this process is killed, the child sees EOF on its pipe
-    and thaws at once; if ``deadline_seconds`` + 1 s pass with no "done", it thaws anyway.
-    ``hold`` are further descriptors the child keeps open until it exits — the host freeze
-    lock, so that no other freeze can start before the child has thawed.
-    """
-
-    def __init__(
-        self, fds: Sequence[int], deadline_seconds: float, *, hold: Sequence[int] = ()
-    ) -> None:
-        self.fds = list(fds)
-        self.hold = list(hold)
-        self.deadline_seconds = deadline_seconds
-        self.pid: int | None = None
-        self._pipe: int | None = None
-
-    def start(self) -> int:
-        """Fork the child; return its pid."""
-        if self.pid is not None:
-            return self.pid
-        read_end, write_end = os.pipe()
-        pid = os.fork()
-        if pid == 0:  # the child: never returns
-            _sentinel_main(read_end, self.fds, self.hold, self.deadline_seconds + SENTINEL_GRACE)
-        os.close(read_end)
-        self.pid, self._pipe = pid, write_end
-        return pid
-
-    def finish(self) -> None:
-        """Tell the child the thaw happened; reap it. Idempotent."""
-        if self._pipe is not None:
-            with contextlib.suppress(OSError):  # the child may be gone after its deadline
-                os.write(self._pipe, b"done")
-            os.close(self._pipe)
-            self._pipe = None
-        if self.pid is not None:
-            _reap(self.pid, timeout=2.0)
-            self.pid = None
-
-    def __enter__(self) -> ThawSentinel:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.finish()
-
-
-def _sentinel_main(pipe: int, fds: list[int], hold: list[int], timeout: float) -> None:
-    """The child's whole life: system calls on inherited descriptors, then ``_exit``."""
-    status = 0
-    try:
-        os.setsid()  # survive a kill of the parent's process group
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        _close_all_but(sorted({pipe, *fds, *hold}))
-        ready, _, _ = select.select([pipe], [], [], timeout)
-        message = os.read(pipe, 16) if ready else b""
-        if message != b"done":  # EOF (parent gone), timeout, or anything unexpected
-            for fd in fds:
-                with contextlib.suppress(OSError):
-                    fcntl.ioctl(fd, FITHAW, 0)
-            status = 1
-    except BaseException:
-        status = 2
-    finally:
-        os._exit(status)
-
-
-def _close_all_but(keep: list[int]) -> None:
-    low = 0
-    for fd in keep:
-        os.closerange(low, fd)
-        low = fd + 1
-    os.closerange(low, os.sysconf("SC_OPEN_MAX"))
-
-
-def _reap(pid: int, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            done, _ = os.waitpid(pid, os.WNOHANG)
-        except ChildProcessError:
-            return
-        if done:
-            return
-        time.sleep(0.01)

@@ -31,9 +31,12 @@ class Channel(abc.ABC):
         """Send one request and wait for its reply; events before it go to ``on_event``.
 
         Raises GuestError when the guest answered with an error and HostUnreachable when
-        the guest went away or did not answer within ``timeout`` seconds.
+        the guest went away or did not answer within ``timeout`` seconds. Thread-safe: a
+        second call (``release``) may be made while one still waits.
         """
 
     @abc.abstractmethod
-    def close(self) -> None:
-        """End the conversation; the guest releases everything when its input closes."""
+    def close(self, wait: float = 30.0) -> None:
+        """End the conversation; the guest releases everything when its input closes.
+        ``wait`` is how long that release may take (its post-scripts) before the guest is
+        asked to stop."""

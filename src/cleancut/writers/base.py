@@ -1,8 +1,11 @@
 """The writer interface: makes one database consistent on disk for the cut (VSS writers' role).
 
 A writer never knows which provider snapshots its volume. ``hold`` runs just before the
-freeze and ``release`` right after the thaw; ``close`` runs on every path, so a hold is
-always released even when a phase fails or the coordinator disappears.
+freeze and ``release`` right after the thaw; ``abort`` ends a hold from the watchdog's
+thread when the guest's deadline passes; ``close`` runs on every path, so a hold is always
+released even when a phase fails or the coordinator disappears. A hold must really hold:
+the process that takes a database's lock never otherwise opens its files (see
+:mod:`cleancut.writers.helper`).
 """
 
 from __future__ import annotations
@@ -29,12 +32,17 @@ class Writer(abc.ABC):
         """Slow work before the freeze (checkpoint). Returns what it recorded."""
 
     @abc.abstractmethod
-    def hold(self) -> None:
-        """Stop the database's writes reaching disk until release (held session)."""
+    def hold(self, seconds: float) -> None:
+        """Stop the database's writes reaching disk until release (held session), for at most
+        ``seconds``: the hold ends by itself then, even if this process is stopped."""
 
     @abc.abstractmethod
     def release(self) -> dict[str, Any]:
         """End the hold; returns the recorded position (LSN, page count, ...)."""
+
+    @abc.abstractmethod
+    def abort(self) -> None:
+        """End the hold now, from any thread, without waiting on a busy database; never raises."""
 
     @abc.abstractmethod
     def close(self) -> None:

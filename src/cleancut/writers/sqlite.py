@@ -1,15 +1,105 @@
-"""SQLite writer: checkpoint in prepare, ``BEGIN IMMEDIATE`` held through the snapshot."""
+"""SQLite writer: checkpoint in prepare, ``BEGIN IMMEDIATE`` held through the snapshot.
+
+The lock is held by a helper process (:mod:`cleancut.writers.helper`) that opens the
+database once and never otherwise touches it: SQLite's locks are POSIX record locks, which
+the guest would lose the moment any of its own descriptors of the file (a snapshot's read)
+was closed.
+"""
 
 from __future__ import annotations
 
-import contextlib
 import sqlite3
 from typing import Any
 
+from cleancut.config.guest import Database
 from cleancut.errors import WriterError
 from cleancut.writers.base import Writer
+from cleancut.writers.helper import HelperProcess
 
-_BUSY_TIMEOUT_MS = 5000
+#: How long ``BEGIN IMMEDIATE`` waits for another writer's lock at most.
+BUSY_TIMEOUT = 5.0
+_CALL_TIMEOUT = 60.0
+_RELEASE_TIMEOUT = 5.0
+
+# Runs as `python -I -S -c HOLDER_CODE PATH`. Every way out (EOF, deadline, signal, death)
+# ends the transaction, so the lock never outlives what the guest asked for.
+HOLDER_CODE = r"""
+import json, os, select, sqlite3, sys, time
+
+conn = sqlite3.connect("file:" + sys.argv[1] + "?mode=rw", uri=True, isolation_level=None)
+held = False
+lost = False
+deadline = None
+
+
+def one(sql):
+    return conn.execute(sql).fetchone()
+
+
+def end_hold():
+    global held
+    if held:
+        held = False
+        try:
+            conn.execute("ROLLBACK")
+        except sqlite3.Error:
+            pass
+
+
+def handle(request):
+    global held, lost, deadline
+    op = request["op"]
+    if op == "check":
+        mode = one("PRAGMA journal_mode")[0]
+        return {"sqlite_version": sqlite3.sqlite_version, "journal_mode": mode}
+    if op == "prepare":
+        details = {"journal_mode": one("PRAGMA journal_mode")[0]}
+        if details["journal_mode"] == "wal":
+            busy, log, done = one("PRAGMA wal_checkpoint(TRUNCATE)")
+            details["wal_checkpoint"] = {"busy": busy, "log": log, "checkpointed": done}
+        return details
+    if op == "hold":
+        conn.execute("PRAGMA busy_timeout = %d" % int(request["busy_ms"]))
+        conn.execute("BEGIN IMMEDIATE")
+        held, lost = True, False
+        deadline = time.monotonic() + float(request["seconds"])
+        return {}
+    if op == "release":
+        details = {"held_until_release": held and not lost}
+        if held:
+            details["page_count"] = one("PRAGMA page_count")[0]
+            details["page_size"] = one("PRAGMA page_size")[0]
+            details["journal_mode"] = one("PRAGMA journal_mode")[0]
+        end_hold()
+        deadline = None
+        return details
+    raise ValueError("unknown operation %r" % op)
+
+
+pending = b""
+try:
+    while True:
+        timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
+        ready, _, _ = select.select([0], [], [], timeout)
+        if not ready:  # our own deadline: the guest is stopped or stuck
+            end_hold()
+            lost, deadline = True, None
+            continue
+        chunk = os.read(0, 65536)
+        if not chunk:
+            break
+        pending += chunk
+        while b"\n" in pending:
+            line, pending = pending.split(b"\n", 1)
+            try:
+                answer = {"ok": True, **handle(json.loads(line))}
+            except (sqlite3.Error, ValueError, KeyError) as exc:
+                answer = {"ok": False, "error": str(exc)}
+            os.write(1, (json.dumps(answer) + "\n").encode())
+finally:
+    end_hold()
+    os._exit(0)
+"""
 
 
 class SqliteWriter(Writer):
@@ -21,74 +111,58 @@ class SqliteWriter(Writer):
     happens while the file system is frozen.
     """
 
-    def __init__(self, name: str, database: Any) -> None:
+    def __init__(self, name: str, database: Database) -> None:
         super().__init__(name, database)
-        self._conn: sqlite3.Connection | None = None
-        self._held = False
+        self._helper: HelperProcess | None = None
 
-    def _connect(self) -> sqlite3.Connection:
-        if self._conn is None:
+    def _started(self) -> HelperProcess:
+        if self._helper is None:
             path = self.database.path
             if not path.is_file():
                 raise WriterError(f"sqlite database {self.name}: {path} does not exist")
-            try:
-                uri = f"file:{path}?mode=rw"
-                self._conn = sqlite3.connect(
-                    uri, uri=True, isolation_level=None, timeout=_BUSY_TIMEOUT_MS / 1000
-                )
-                self._conn.execute(f"PRAGMA busy_timeout = {_BUSY_TIMEOUT_MS}")
-            except sqlite3.Error as exc:
-                raise WriterError(
-                    f"sqlite database {self.name}: cannot open {path}: {exc}"
-                ) from exc
-        return self._conn
-
-    def _query(self, sql: str) -> Any:
-        try:
-            return self._connect().execute(sql).fetchone()
-        except sqlite3.Error as exc:
-            raise WriterError(f"sqlite database {self.name}: {sql}: {exc}") from exc
+            helper = HelperProcess(
+                f"sqlite database {self.name} ({path})", HOLDER_CODE, [str(path)]
+            )
+            self._helper = helper
+        return self._helper
 
     def check(self) -> dict[str, Any]:
+        answer = self._started().call("check", _CALL_TIMEOUT)
         return {
-            "sqlite_version": sqlite3.sqlite_version,
-            "journal_mode": self._query("PRAGMA journal_mode")[0],
+            "sqlite_version": answer.get("sqlite_version", sqlite3.sqlite_version),
+            "journal_mode": answer.get("journal_mode"),
+            "holder_pid": self._started().pid,
         }
 
     def prepare(self) -> dict[str, Any]:
-        mode = self._query("PRAGMA journal_mode")[0]
-        details: dict[str, Any] = {"journal_mode": mode}
-        if mode == "wal":
-            busy, log, checkpointed = self._query("PRAGMA wal_checkpoint(TRUNCATE)")
-            details["wal_checkpoint"] = {"busy": busy, "log": log, "checkpointed": checkpointed}
-        return details
+        answer = self._started().call("prepare", _CALL_TIMEOUT)
+        return {k: v for k, v in answer.items() if k != "ok"}
 
-    def hold(self) -> None:
-        self._query("BEGIN IMMEDIATE")
-        self._held = True
+    def hold(self, seconds: float) -> None:
+        wait = max(0.0, min(BUSY_TIMEOUT, seconds))
+        self._started().call("hold", wait + _RELEASE_TIMEOUT, seconds=seconds, busy_ms=wait * 1000)
 
     def release(self) -> dict[str, Any]:
-        try:
-            return {
-                "page_count": self._query("PRAGMA page_count")[0],
-                "page_size": self._query("PRAGMA page_size")[0],
-                "journal_mode": self._query("PRAGMA journal_mode")[0],
-            }
-        finally:
-            self._end_hold()  # whatever the queries did, the lock goes
+        answer = self._started().call("release", _RELEASE_TIMEOUT)
+        if not answer.get("held_until_release"):
+            raise WriterError(
+                f"sqlite database {self.name}: the hold ended before the release (its holder "
+                "passed its deadline or was killed); the database was not held to the end"
+            )
+        return {k: v for k, v in answer.items() if k not in ("ok", "held_until_release")}
 
-    def _end_hold(self) -> None:
-        if self._held and self._conn is not None:
-            self._held = False
-            try:
-                self._conn.execute("ROLLBACK")
-            except sqlite3.Error as exc:
-                raise WriterError(f"sqlite database {self.name}: ROLLBACK: {exc}") from exc
+    def abort(self) -> None:
+        helper = self._helper
+        if helper is None:
+            return
+        try:
+            answer = helper.try_call("release", _RELEASE_TIMEOUT, wait=0.2)
+        except WriterError:
+            answer = None
+        if answer is None:
+            helper.kill()  # busy (waiting for a lock) or stuck: its death drops the lock
 
     def close(self) -> None:
-        with contextlib.suppress(sqlite3.Error, WriterError):
-            self._end_hold()
-        if self._conn is not None:
-            with contextlib.suppress(sqlite3.Error):
-                self._conn.close()
-            self._conn = None
+        if self._helper is not None:
+            self._helper.close()
+            self._helper = None

@@ -1,0 +1,169 @@
+"""The hooks of one cut: which pre-scripts ran, which post-scripts are owed, and the pause.
+
+Azure's rule, which cleancut keeps: a post-script runs whenever its pre-script ran — even
+after failures, even when the pre-script itself failed (it may have quiesced half the
+application). Post-scripts may be run from two threads: the session's (at ``thaw`` or
+``release``) and the watchdog's (at the deadline), so the bookkeeping is locked and each
+post-script runs once. The application's *pause* runs from the first pre-script's start
+to the last post-script's end, on the monotonic clock.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from cleancut.guest.hooks import HookSpec, run_hook
+from cleancut.guest.hooks.runner import KILL_GRACE
+from cleancut.guest.security import open_trusted
+from cleancut.manifest import HookRun
+
+
+class HookPhases:
+    """The pre- and post-scripts of one host for one recovery point."""
+
+    def __init__(
+        self, specs: list[HookSpec], rp_id: str = "", all_volumes: list[str] | None = None
+    ) -> None:
+        self.specs = specs
+        self.rp_id = rp_id
+        self.all_volumes = list(all_volumes or [])
+        self._lock = threading.Lock()
+        self._post_lock = threading.Lock()
+        self._pre_started: set[str] = set()
+        self._pre_finished: set[str] = set()
+        self._post_ran: set[str] = set()
+        self._runs: list[dict[str, Any]] = []
+        self._reported = 0
+        self._pause_from: float | None = None
+        self._pause_until: float | None = None
+
+    def check(self) -> None:
+        """Every script passes the security checks before anything runs (HookSecurityError)."""
+        for spec in self.specs:
+            for argv, pin in ((spec.pre, spec.pre_sha256), (spec.post, spec.post_sha256)):
+                if argv is not None:
+                    with open_trusted(Path(argv[0]), sha256=pin):
+                        pass
+
+    def inventory(self) -> list[dict[str, Any]]:
+        """What hello reports per hook: its scripts, time bounds and the volumes it quiesces."""
+        return [
+            {
+                "name": s.name,
+                "source": s.source,
+                "pre": s.pre,
+                "post": s.post,
+                "timeout": s.timeout,
+                "pre_retries": s.pre_retries,
+                "post_retries": s.post_retries,
+                "volumes": self.volumes_of(s),
+            }
+            for s in self.specs
+        ]
+
+    def volumes_of(self, spec: HookSpec) -> list[str]:
+        """The volumes ``spec`` quiesces: those it names, else all of its host's."""
+        named = getattr(spec, "volumes", None)
+        return list(self.all_volumes) if named is None else list(named)
+
+    def plan(self) -> list[str]:
+        return [
+            f"prepare: run pre-script {s.name} ({s.source}): {s.pre}" for s in self.specs if s.pre
+        ]
+
+    # -- running -------------------------------------------------------------------------
+
+    def run_pres(
+        self, *, on_quiesced: Callable[[], object], expired: Callable[[], bool]
+    ) -> list[dict[str, Any]]:
+        """Each pre-script in order, until one fails that forbids going on or the holds
+        expired; ``on_quiesced`` runs after each (the deadline counts from the first)."""
+        runs = []
+        for spec in self.specs:
+            if spec.pre is None:
+                continue
+            if expired():
+                break
+            with self._lock:
+                self._pre_started.add(spec.name)
+                if self._pause_from is None:
+                    self._pause_from = time.monotonic()
+            run = self._run(spec, "pre", continue_on_failure=spec.continue_on_failure)
+            with self._lock:
+                self._pre_finished.add(spec.name)
+            on_quiesced()
+            runs.append(run)
+            if not run["ok"] and not spec.continue_on_failure:
+                break
+        return runs
+
+    def run_posts(self, *, only_finished: bool = False) -> list[dict[str, Any]]:
+        """The post-scripts owed (in reverse order), each once; the runs not reported yet.
+
+        ``only_finished`` (the watchdog's call) skips a hook whose pre-script is still
+        running: the session runs that one's post-script when the pre-script returns.
+        """
+        with self._post_lock:
+            for spec in reversed(self.specs):
+                if spec.post is None or spec.name in self._post_ran:
+                    continue
+                with self._lock:
+                    ran = self._pre_finished if only_finished else self._pre_started
+                    if spec.pre is not None and spec.name not in ran:
+                        continue
+                    self._post_ran.add(spec.name)
+                self._run(spec, "post")
+                with self._lock:
+                    self._pause_until = time.monotonic()
+        return self.take_unreported()
+
+    def _run(self, spec: HookSpec, phase: str, **extra: Any) -> dict[str, Any]:
+        assert phase in ("pre", "post")
+        run: HookRun = run_hook(
+            spec, "pre" if phase == "pre" else "post", env_extra={"CLEANCUT_RP": self.rp_id}
+        )
+        record = {**run.model_dump(mode="json"), **extra}
+        record["volumes"] = self.volumes_of(spec)
+        if phase == "post":
+            with self._lock:
+                self._runs.append(record)
+        return record
+
+    def take_unreported(self) -> list[dict[str, Any]]:
+        """The post-script runs no reply has carried yet."""
+        with self._lock:
+            runs = self._runs[self._reported :]
+            self._reported = len(self._runs)
+        return runs
+
+    # -- what is known ---------------------------------------------------------------------
+
+    def pause(self) -> float | None:
+        """First pre-script start → last post-script end, in seconds; None if none ran."""
+        with self._lock:
+            if self._pause_from is None or self._pause_until is None:
+                return None
+            return max(0.0, self._pause_until - self._pause_from)
+
+    def not_run(self) -> list[dict[str, str]]:
+        """Post-scripts owed (their pre-script ran) that have not run, and why."""
+        with self._lock:
+            return [
+                {"hook": s.name, "why": "its post-script has not run"}
+                for s in self.specs
+                if s.post is not None
+                and s.name in self._pre_started
+                and s.name not in self._post_ran
+            ]
+
+    def post_bound(self) -> float:
+        """The longest all post-scripts may take, retries and kill grace included."""
+        return sum(
+            (s.timeout + KILL_GRACE) * (s.post_retries + 1)
+            for s in self.specs
+            if s.post is not None
+        )
