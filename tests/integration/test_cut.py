@@ -72,7 +72,7 @@ def test_application_cut_restores_clean(datastore: Datastore, trusted_dir: Path)
 
     points = app.run("points", "--json")
     assert points.returncode == 0, points.stderr
-    listed = [json.loads(line) for line in points.stdout.splitlines()]
+    listed = json.loads(points.stdout)
     assert [p["rp"] for p in listed] == [manifest["rp_id"]]
 
     target = trusted_dir / "restored"
@@ -98,7 +98,7 @@ def test_catalog_rebuild_from_repository(datastore: Datastore, trusted_dir: Path
     rebuilt = app.run("catalog rebuild")
     assert rebuilt.returncode == 0, rebuilt.stderr
     assert "2 recovery point" in rebuilt.stdout
-    points = [json.loads(line) for line in app.run("points", "--json").stdout.splitlines()]
+    points = json.loads(app.run("points", "--json").stdout)
     assert [p["rp"] for p in points] == [first["rp_id"], second["rp_id"]]
     assert all(p["level"] == "application" for p in points)
 
@@ -297,6 +297,8 @@ def test_azure_hook_config_drives_a_cut(datastore: Datastore, trusted_dir: Path)
     record = f"{trusted_dir}/trace"
     pre = write_script(trusted_dir / "azure" / "pre.sh", f'echo "pre $*" >> {record}\n')
     post = write_script(trusted_dir / "azure" / "post.sh", f'echo "post $*" >> {record}\n')
+    for script in (pre, post):
+        script.chmod(0o700)  # Azure refuses scripts with any group or other permission bit
     template = json.loads(azure_fixture().read_text())
     template.update(
         preScriptLocation=str(pre),

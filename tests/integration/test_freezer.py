@@ -28,10 +28,10 @@ from pathlib import Path
 from cleancut.guest.freezer import Freezer
 from cleancut.guest.watchdog import Watchdog
 freezer = Freezer([Path(sys.argv[1])])
-freezer.open()
-watchdog = Watchdog(lambda reason: freezer.thaw())
+freezer.open(sentinel=False)
+watchdog = Watchdog(float(sys.argv[2]), lambda reason: freezer.thaw())
+watchdog.hold_started()
 freezer.freeze()
-watchdog.arm(float(sys.argv[2]))
 print("frozen", flush=True)
 sys.stdin.buffer.read()
 watchdog.input_closed()
@@ -53,10 +53,8 @@ from pathlib import Path
 from cleancut.guest.freezer import Freezer
 freezer = Freezer([Path(sys.argv[1])])
 freezer.open()
-sentinel = freezer.sentinel(float(sys.argv[2]))
-sentinel.start()
-freezer.freeze()
-print("frozen", sentinel.pid, flush=True)
+freezer.freeze(deadline_seconds=float(sys.argv[2]))
+print("frozen", freezer.sentinel.pid, flush=True)
 time.sleep(3600)
 """
 
@@ -240,10 +238,13 @@ def test_watchdog_thaws_at_the_deadline(datastore: Datastore, writers: list[Coun
     writer = CounterWriter(disk.mountpoint / "counter")
     writers.append(writer)
     assert writer.advances(within=5)
-    with Freezer([disk.mountpoint]) as freezer, Watchdog(lambda reason: freezer.thaw()) as dog:
+    with (
+        Freezer([disk.mountpoint]) as freezer,
+        Watchdog(1.0, lambda reason: freezer.thaw()) as dog,
+    ):
         try:
+            dog.hold_started()
             freezer.freeze()
-            dog.arm(1.0)
             time.sleep(0.3)
             assert dog.fired is None
             assert not writer.advances(within=0.3), "the counter advanced while frozen"
@@ -259,10 +260,13 @@ def test_watchdog_thaws_when_the_coordinator_is_gone(
     datastore: Datastore, probes: list[subprocess.Popen[bytes]]
 ) -> None:
     disk = datastore.add_disk("vm1", datastore.root / "vm1")
-    with Freezer([disk.mountpoint]) as freezer, Watchdog(lambda reason: freezer.thaw()) as dog:
+    with (
+        Freezer([disk.mountpoint]) as freezer,
+        Watchdog(30.0, lambda reason: freezer.thaw()) as dog,
+    ):
         try:
+            dog.hold_started()
             freezer.freeze()
-            dog.arm(30.0)
             assert_frozen(disk.mountpoint, probes)
             dog.input_closed()
             assert finishes(probes[0], 1.0), "input_closed did not thaw"
@@ -271,17 +275,29 @@ def test_watchdog_thaws_when_the_coordinator_is_gone(
             freezer.thaw()
 
 
-def test_watchdog_disarmed_in_time_does_not_fire() -> None:
+def test_watchdog_fires_once_after_the_first_hold_and_never_after_settle() -> None:
     reasons: list[str] = []
-    with Watchdog(reasons.append) as dog:
-        dog.arm(0.2)
-        dog.disarm()
+    with Watchdog(0.2, reasons.append) as dog:
         time.sleep(0.4)
-        assert reasons == []
-        assert dog.fired is None
-        dog.arm(0.1)
+        assert reasons == [], "no hold yet: nothing to end"
+        dog.hold_started()
+        dog.settle()
         time.sleep(0.4)
+        assert reasons == [] and dog.fired is None
+    with Watchdog(0.1, reasons.append) as dog:
+        dog.hold_started()
+        time.sleep(0.4)
+        dog.hold_started()  # a later hold does not restart the countdown
         assert reasons == ["deadline"]
+
+
+def test_watchdog_stop_from_a_signal_handler_fires_within_its_poll() -> None:
+    reasons: list[str] = []
+    with Watchdog(60.0, reasons.append) as dog:
+        dog.hold_started()
+        dog.stop("stopped by SIGTERM")  # lock-free
+        assert dog.wait_fired(1.0)
+        assert reasons == ["stopped by SIGTERM"]
 
 
 @pytest.mark.root
@@ -311,11 +327,14 @@ def test_killed_coordinator_leaves_nothing_frozen(
 
 
 @pytest.mark.root
-def test_sentinel_thaws_when_the_freezing_process_is_killed(
-    datastore: Datastore, probes: list[subprocess.Popen[bytes]]
+@pytest.mark.parametrize("how", ["SIGKILL of the guest", "SIGTERM of the sentinel"])
+def test_sentinel_thaws_when_the_guest_is_killed_or_it_is_told_to_stop(
+    datastore: Datastore, probes: list[subprocess.Popen[bytes]], how: str
 ) -> None:
+    """``systemctl stop`` sends SIGTERM to every process of the unit, the sentinel too: a
+    sentinel told to stop thaws first (a forked one exited through the guest's handler)."""
     disk = datastore.add_disk("vm1", datastore.root / "vm1")
-    deadline = 2.0
+    deadline = 30.0
     guest = subprocess.Popen(
         [sys.executable, "-c", GUEST_WITH_SENTINEL, str(disk.mountpoint), str(deadline)],
         stdout=subprocess.PIPE,
@@ -326,8 +345,11 @@ def test_sentinel_thaws_when_the_freezing_process_is_killed(
         assert word == "frozen"
         sentinel_pid = int(pid)
         assert_frozen(disk.mountpoint, probes)
-        guest.kill()
-        assert finishes(probes[0], deadline + 1.0), "still frozen after the guest was killed"
+        if how == "SIGKILL of the guest":
+            guest.kill()
+        else:
+            os.kill(sentinel_pid, signal.SIGTERM)
+        assert finishes(probes[0], 1.5), f"still frozen after the {how}"
     finally:
         subprocess.run(["fsfreeze", "-u", str(disk.mountpoint)], capture_output=True, check=False)
         guest.kill()
@@ -362,13 +384,11 @@ def test_sentinel_thaws_a_stalled_process_after_its_deadline(
 def test_sentinel_finishes_quietly_after_a_normal_thaw(datastore: Datastore) -> None:
     disk = datastore.add_disk("vm1", datastore.root / "vm1")
     with Freezer([disk.mountpoint]) as freezer:
-        sentinel = freezer.sentinel(5.0)
-        pid = sentinel.start()
-        try:
-            freezer.freeze()
-            freezer.thaw()
-        finally:
-            sentinel.finish()
-        assert sentinel.pid is None
-        assert not is_running(pid)
-        assert_writable(disk.mountpoint, within=2)
+        assert freezer.sentinel is not None
+        pid = freezer.sentinel.pid
+        assert pid is not None
+        freezer.freeze(deadline_seconds=5.0)
+        freezer.thaw()
+    assert freezer.sentinel is None
+    assert not is_running(pid)
+    assert_writable(disk.mountpoint, within=2)

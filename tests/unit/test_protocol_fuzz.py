@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +19,7 @@ from hypothesis import strategies as st
 
 from cleancut import protocol
 from cleancut.guest.agent import GuestAgent
+from tests.conftest import _trusted_base
 
 SECRET = "s3cr3t-Pa55word"
 
@@ -64,8 +67,6 @@ def _chunks(fd: int, data: bytes) -> None:
 
 
 def _read_some(fd: int, thread: threading.Thread) -> bytes:
-    import select
-
     while True:
         ready, _, _ = select.select([fd], [], [], 0.05)
         if ready:
@@ -79,16 +80,12 @@ def _read_some(fd: int, thread: threading.Thread) -> bytes:
 
 
 @pytest.fixture(scope="module")
-def guest_config(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def guest_config() -> Iterator[Path]:
     """A guest config that declares nothing: the fuzz never gets past the protocol anyway."""
-    from tests.conftest import _trusted_base
-
-    base = Path(os.path.realpath(_trusted_base()))
-    folder = Path(tmp_path_factory.mktemp("unused"))  # noqa: F841 - keeps pytest's layout
-    config = base / f"fuzz-guest-{os.getpid()}.toml"
+    config = Path(os.path.realpath(_trusted_base())) / f"fuzz-guest-{os.getpid()}.toml"
     config.write_text('staging = "/var/lib/cleancut/staging"\n', encoding="utf-8")
     config.chmod(0o600)
-    yield config  # type: ignore[misc]
+    yield config
     config.unlink(missing_ok=True)
 
 
@@ -102,7 +99,9 @@ def _assert_clean(replies: list[dict[str, Any]], agent: GuestAgent) -> None:
     assert agent.session is None  # no hello got through: nothing was opened or started
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(st.binary(max_size=2000), st.binary(max_size=50))
 def test_any_bytes_get_protocol_errors_and_nothing_echoed(
     guest_config: Path, junk: bytes, tail: bytes
@@ -115,12 +114,16 @@ def test_any_bytes_get_protocol_errors_and_nothing_echoed(
 
 JSON = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),
-    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4)
+    ),
     max_leaves=12,
 )
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(st.sampled_from([*protocol.OPERATIONS, "format-disk"]), JSON, JSON)
 def test_requests_with_any_arguments_never_echo_them(
     guest_config: Path, op: str, args: Any, extra: Any
@@ -139,9 +142,10 @@ def test_infinite_freeze_timeout_is_refused(guest_config: Path, value: str) -> N
     ).encode()
     replies, agent = serve_bytes(guest_config, line)
     _assert_clean(replies, agent)
-    assert "freeze_timeout" in replies[0]["error"]["message"] or "not a number" in replies[0][
-        "error"
-    ]["message"]
+    assert (
+        "freeze_timeout" in replies[0]["error"]["message"]
+        or "not a number" in replies[0]["error"]["message"]
+    )
 
 
 def test_freeze_timeout_above_the_hosts_maximum_is_refused(guest_config: Path) -> None:

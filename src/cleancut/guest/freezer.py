@@ -110,7 +110,9 @@ def freeze_plan(selected: list[MountInfo], mounts: list[MountInfo]) -> list[list
     return plan + ([root] if root else [])
 
 
-def lower_file_systems(mount: MountInfo, mounts: list[MountInfo]) -> set[str]:
+def lower_file_systems(
+    mount: MountInfo, mounts: list[MountInfo], sys_root: Path = Path("/sys")
+) -> set[str]:
     """Devices of the mounted file systems beneath ``mount``.
 
     Walks down from the mount's device: through the devices a stacked device is built on
@@ -124,8 +126,8 @@ def lower_file_systems(mount: MountInfo, mounts: list[MountInfo]) -> set[str]:
         if not todo:
             break
         device = todo.pop()
-        below = devices_below(device)
-        holder = _backing_mount(device, mounts)
+        below = devices_below(device, sys_root)
+        holder = _backing_mount(device, mounts, sys_root)
         if holder is not None:
             found.add(holder.major_minor)
             below |= {holder.major_minor, *_source_device(holder)}
@@ -148,9 +150,9 @@ def _source_device(mount: MountInfo) -> set[str]:
     return {f"{os.major(rdev)}:{os.minor(rdev)}"} if rdev else set()
 
 
-def _backing_mount(device: str, mounts: list[MountInfo]) -> MountInfo | None:
+def _backing_mount(device: str, mounts: list[MountInfo], sys_root: Path) -> MountInfo | None:
     """The mount holding the backing file of loop device ``device``, if it is one."""
-    backing = loop_backing_file("", device)
+    backing = loop_backing_file("", device, sys_root)
     if backing is None:
         return None
     try:

@@ -13,12 +13,11 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 from cleancut.guest.hooks import HookSpec, run_hook
 from cleancut.guest.hooks.runner import KILL_GRACE
-from cleancut.guest.security import open_trusted
+from cleancut.guest.security import check_hook_command
 from cleancut.manifest import HookRun
 
 
@@ -46,7 +45,7 @@ class HookPhases:
         for spec in self.specs:
             for argv, pin in ((spec.pre, spec.pre_sha256), (spec.post, spec.post_sha256)):
                 if argv is not None:
-                    with open_trusted(Path(argv[0]), sha256=pin):
+                    with check_hook_command(argv, pin):
                         pass
 
     def inventory(self) -> list[dict[str, Any]]:
