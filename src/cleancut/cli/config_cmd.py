@@ -14,8 +14,9 @@ from cleancut.config.application import AppConfig
 from cleancut.config.guest import GuestConfig
 from cleancut.config.load import load_app, load_guest
 from cleancut.config.samples import APP_SAMPLE, GUEST_SAMPLE
-from cleancut.guest.hooks import collect_hooks
-from cleancut.guest.security import load_trusted_guest, open_trusted
+from cleancut.errors import HookSecurityError
+from cleancut.guest.hooks import HookSpec, collect_hooks
+from cleancut.guest.security import check_hook_command, load_trusted_guest
 
 app = typer.Typer(
     help="Check, generate, show and describe configuration files.", no_args_is_help=True
@@ -23,14 +24,30 @@ app = typer.Typer(
 
 
 def check_guest(path: Path) -> GuestConfig:
-    """A guest config as its agent would accept it: permissions, keys, hooks and their scripts."""
+    """A guest config as its agent would accept it: permissions, keys, hooks and their files.
+
+    The hooks' checks are the agent's own (every file a command runs, Azure's modes for
+    Azure's files); a refusal names the file, the rule it broke and the hook it belongs to.
+    """
     config = load_trusted_guest(path)
     for spec in collect_hooks(config):
-        for argv, pin in ((spec.pre, spec.pre_sha256), (spec.post, spec.post_sha256)):
-            if argv is not None:
-                with open_trusted(Path(argv[0]), sha256=pin):
-                    pass
+        _check_hook(spec)
     return config
+
+
+def _check_hook(spec: HookSpec) -> None:
+    for phase, argv, pin in (
+        ("pre", spec.pre, spec.pre_sha256),
+        ("post", spec.post, spec.post_sha256),
+    ):
+        if argv is None:
+            continue
+        try:
+            with check_hook_command(argv, pin):
+                pass
+        except HookSecurityError as exc:
+            where = f"{exc.rule} (hook {spec.name!r}, its {phase} command {' '.join(argv)})"
+            raise HookSecurityError(exc.path, where, exc.fix) from None
 
 
 @app.command("check")

@@ -14,75 +14,69 @@ rule and the fix):
 * none of them has the group or other write bit;
 * symlinks in the folders above are followed (``/bin`` → ``usr/bin``) only through
   checked directories; a symlink *as the file itself* must stay in its own directory;
-* a hook is a regular, executable file; its SHA-256 matches the pin when there is one.
+* a hook is a regular, executable file; its SHA-256 matches the pin when there is one;
+* an imported format keeps its platform's stricter rules (:class:`PrivateMode`: Azure
+  wants no group or other permission bit at all on its config and scripts).
+
+:func:`check_hook_command` applies them to every file a hook command will execute or
+interpret, not only ``argv[0]``: its ``#!`` interpreters, the program ``env`` runs and
+every argument that names a file (``sh /srv/quiesce.sh``). A path that names no file yet
+passes only if its folders pass, so nobody untrusted can put one there before it runs.
 """
 
 from __future__ import annotations
 
-import hashlib
+import contextlib
 import os
-import stat
-from dataclasses import dataclass, field
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from types import TracebackType
 
 from cleancut.config.guest import GuestConfig
 from cleancut.config.load import parse_guest
 from cleancut.errors import HookSecurityError
+from cleancut.guest.filecheck import PrivateMode, TrustedFile, open_checked, probe
+from cleancut.guest.launch import SHEBANG_BYTES, parse_env, shebang
 
-_MAX_SYMLINKS = 40
-_DIR_FLAGS = os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC
-_CHUNK = 1 << 20
+__all__ = [
+    "HOOK_PATH",
+    "PrivateMode",
+    "TrustedFile",
+    "check_config_file",
+    "check_hook_command",
+    "check_private_file",
+    "load_trusted_guest",
+    "open_config",
+    "open_trusted",
+]
 
-
-@dataclass
-class TrustedFile:
-    """A file opened read-only that passed the checks; run or read it through ``fd`` only."""
-
-    fd: int
-    path: Path
-    sha256: str
-    _closed: bool = field(default=False, repr=False)
-
-    def read_bytes(self) -> bytes:
-        """The whole content, read from the checked descriptor (not by name)."""
-        parts = []
-        offset = 0
-        while chunk := os.pread(self.fd, _CHUNK, offset):
-            parts.append(chunk)
-            offset += len(chunk)
-        return b"".join(parts)
-
-    def close(self) -> None:
-        """Close the descriptor (idempotent)."""
-        if not self._closed:
-            self._closed = True
-            os.close(self.fd)
-
-    def __enter__(self) -> TrustedFile:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
+#: The PATH hooks run with (and the one ``env`` inside a hook searches).
+HOOK_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
+#: Nested ``#!`` interpreters and ``env`` calls followed before refusing (Linux stops at 4).
+MAX_DEPTH = 8
 
 
-def check_config_file(path: Path) -> None:
+def check_config_file(path: Path, *, private: PrivateMode | None = None) -> None:
     """Refuse a config file (guest.toml, Azure's json) that someone other than root could change.
 
     Raises:
         HookSecurityError: naming the file, the broken rule and the fix.
     """
-    _open_checked(path, executable=False, sha256=None).close()
+    open_config(path, private=private).close()
 
 
-def open_config(path: Path) -> TrustedFile:
+def open_config(path: Path, *, private: PrivateMode | None = None) -> TrustedFile:
     """``path`` opened after the config-file checks, so its content can be read without a race."""
-    return _open_checked(path, executable=False, sha256=None)
+    return open_checked(path, executable=False, sha256=None, private=private)
+
+
+def check_private_file(path: Path, private: PrivateMode, *, executable: bool) -> None:
+    """Refuse ``path`` unless it passes the hook checks and ``private``'s mode rule.
+
+    Raises:
+        HookSecurityError: naming the file, the broken rule and the fix.
+    """
+    open_checked(path, executable=executable, sha256=None, private=private, digest=False).close()
 
 
 def load_trusted_guest(path: Path) -> GuestConfig:
@@ -94,164 +88,147 @@ def load_trusted_guest(path: Path) -> GuestConfig:
 def open_trusted(path: Path, *, sha256: str | None = None) -> TrustedFile:
     """``path`` opened read-only after every hook check, to be executed through its descriptor.
 
+    Only ``path`` itself is checked; a hook command goes through :func:`check_hook_command`.
     Use it as a context manager; the descriptor is closed on exit.
 
     Raises:
         HookSecurityError: naming the file, the broken rule and the fix.
     """
-    return _open_checked(path, executable=True, sha256=sha256)
+    return open_checked(path, executable=True, sha256=sha256)
 
 
-def _open_checked(path: Path, *, executable: bool, sha256: str | None) -> TrustedFile:
-    if not path.is_absolute():
-        raise HookSecurityError(
-            str(path), "not an absolute path", "give the full path starting with /"
-        )
-    dir_fd, here, name = _open_parent(path)
+def check_hook_command(
+    argv: Sequence[str],
+    sha256: str | None = None,
+    *,
+    cwd: Path = Path("/"),
+    search_path: str = HOOK_PATH,
+) -> TrustedFile:
+    """``argv[0]`` opened after the hook checks, once every file the command runs passed them.
+
+    Checked besides ``argv[0]`` (and its ``sha256`` pin): its ``#!`` interpreter, that
+    one's interpreter and so on (up to :data:`MAX_DEPTH`), the program ``env`` runs (found
+    in ``search_path``, or the PATH the command gives env) and every argument naming a
+    file — ``relative`` ones from ``cwd``, where the command runs — since an interpreter
+    runs a script it is handed and a wrapper runs a program. An argument that is a data
+    file need not be executable. Run the command through the returned descriptor
+    (``/proc/self/fd/N``) and close it afterwards (it is a context manager).
+
+    Raises:
+        HookSecurityError: naming the offending file (argument or interpreter, not only
+            ``argv[0]``), the rule and the fix.
+    """
+    if not argv:
+        raise HookSecurityError("(empty)", "the hook command is empty", "give its full path")
+    program = open_trusted(Path(argv[0]), sha256=sha256)
     try:
-        dir_fd, here, name = _resolve_final(dir_fd, here, name, path)
-        try:
-            fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
-        except OSError as exc:
-            raise HookSecurityError(
-                str(here / name), f"cannot open: {exc.strerror}", "check that the file exists"
-            ) from exc
-    finally:
-        os.close(dir_fd)
-    real = here / name
-    try:
-        _check_file(fd, real, executable=executable)
-        digest = _sha256(fd)
-        if sha256 is not None and digest != sha256.lower():
+        head = os.pread(program.fd, SHEBANG_BYTES, 0)
+        _Command(cwd, search_path).follow(program.path, argv[0], head, list(argv[1:]), 0)
+    except BaseException:
+        program.close()
+        raise
+    return program
+
+
+@dataclass(frozen=True)
+class _Command:
+    """Where a command runs: its working directory and the PATH ``env`` searches."""
+
+    cwd: Path
+    search_path: str
+
+    def follow(
+        self, real: Path, word: str, head: bytes, args: list[str], depth: int, via: str = ""
+    ) -> None:
+        """Check what the checked file ``real`` goes on to run: interpreter, env's program, args."""
+        if depth > MAX_DEPTH:
             raise HookSecurityError(
                 str(real),
-                f"its SHA-256 {digest} differs from the pinned {sha256.lower()}",
-                "find out who changed the script; if the change is intended, "
-                f"update the pin to {digest}",
+                f"the command goes through more than {MAX_DEPTH} #! interpreters or env calls",
+                "call the final program directly",
             )
-    except BaseException:
-        os.close(fd)
-        raise
-    return TrustedFile(fd=fd, path=real, sha256=digest)
+        line = shebang(head)
+        if line is not None:
+            role = f"the #! interpreter of {word}"
+            self.executable(self.absolute(line[0]), line[1:], depth, role)
+        if "env" in (real.name, PurePosixPath(word).name):
+            self.env(word, args, depth, via)
+        else:
+            for index, arg in enumerate(args, 1):
+                role = f"named by argument {index} of {word}, which runs or reads it"
+                self.argument(arg, role, depth)
 
+    def executable(self, path: Path, args: list[str], depth: int, role: str) -> None:
+        """A file the command executes: checked (exec bit included) when it exists."""
+        with _explained(path, role):
+            found = probe(path, executable=True)
+        if found is None:
+            return  # nothing to run there (exec fails), and nobody untrusted can add it
+        with found:
+            head = os.pread(found.fd, SHEBANG_BYTES, 0)
+        self.follow(found.path, str(path), head, args, depth + 1, role)
 
-def _open_parent(path: Path) -> tuple[int, Path, str]:
-    """The checked directory holding ``path``'s last component (fd, its path, the name)."""
-    todo = list(reversed(PurePosixPath(path).parts[1:]))
-    if not todo:
-        raise HookSecurityError(str(path), "is a directory", "name a file, not /")
-    fd, here = os.open("/", _DIR_FLAGS), Path("/")
-    hops = 0
-    try:
-        _check_dir(fd, here)
-        while len(todo) > 1:
-            name = todo.pop()
-            if name in ("", "."):
+    def argument(self, arg: str, role: str, depth: int) -> None:
+        """A file an argument names: checked as data; its interpreters too if it is executable."""
+        words = [arg]
+        if arg.startswith("-") and "=" in arg:
+            words.append(arg.partition("=")[2])  # --config=/path
+        for word in filter(None, words):
+            path = self.absolute(word)
+            with _explained(path, role):
+                found = probe(path, executable=False)
+            if found is None:
                 continue
-            entered = _enter(fd, here, name)
-            if isinstance(entered, PurePosixPath):
-                # The link lives in a checked directory, so only a trusted user made it.
-                hops = _count_hop(hops, path)
-                if entered.is_absolute():
-                    os.close(fd)
-                    fd, here = os.open("/", _DIR_FLAGS), Path("/")
-                todo.extend(reversed([p for p in entered.parts if p != "/"]))
-                continue
-            os.close(fd)
-            fd, here = entered
-            _check_dir(fd, here)
-    except BaseException:
-        os.close(fd)
-        raise
-    return fd, here, todo[0]
+            with found:
+                runnable = os.fstat(found.fd).st_mode & 0o111
+                head = os.pread(found.fd, SHEBANG_BYTES, 0) if runnable else b""
+            line = shebang(head)
+            if line is not None:
+                role = f"the #! interpreter of {path}"
+                self.executable(self.absolute(line[0]), line[1:], depth + 1, role)
 
-
-def _enter(fd: int, here: Path, name: str) -> tuple[int, Path] | PurePosixPath:
-    """The directory ``name`` inside ``fd`` opened (not yet checked), or the symlink's target."""
-    if name == "..":
-        return os.open("..", _DIR_FLAGS, dir_fd=fd), here.parent
-    try:
-        new_fd = os.open(name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
-    except OSError as exc:
-        raise HookSecurityError(
-            str(here / name), f"cannot open: {exc.strerror}", "check the path"
-        ) from exc
-    mode = os.fstat(new_fd).st_mode
-    if stat.S_ISDIR(mode):
-        return new_fd, here / name
-    os.close(new_fd)
-    if stat.S_ISLNK(mode):
-        return PurePosixPath(os.readlink(name, dir_fd=fd))
-    raise HookSecurityError(str(here / name), "is not a directory", "correct the path")
-
-
-def _resolve_final(dir_fd: int, here: Path, name: str, asked: Path) -> tuple[int, Path, str]:
-    """Follow symlinks of the last component, each of which must stay inside ``here``."""
-    hops = 0
-    while True:
-        if name in ("", ".", ".."):
-            raise HookSecurityError(str(asked), "is a directory", "name a file")
+    def env(self, word: str, args: list[str], depth: int, via: str) -> None:
+        """The program ``env ARGS`` runs, searched as env searches it, with its arguments."""
         try:
-            mode = os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_mode
-        except FileNotFoundError:
+            call = parse_env(args, search_path=self.search_path)
+        except ValueError as exc:
             raise HookSecurityError(
-                str(here / name), "does not exist", "create it or correct the path"
+                word,
+                f"cannot tell which program env runs: {exc}",
+                "name the program by its full path instead of going through env",
             ) from None
-        if not stat.S_ISLNK(mode):
-            return dir_fd, here, name
-        hops = _count_hop(hops, asked)
-        target = os.readlink(name, dir_fd=dir_fd)
-        resolved = Path(os.path.normpath(here / target))
-        if resolved.parent != here:
-            raise HookSecurityError(
-                str(here / name),
-                f"is a symlink to {resolved}, which leads out of its directory {here}",
-                f"replace the link by the file itself (cp --remove-destination {resolved} "
-                f"{here / name}) or point it at a file in {here}",
-            )
-        name = resolved.name
+        if call.program is None:
+            return
+        inner = _Command(self.absolute(call.chdir or "."), call.search_path)
+        path = inner.locate(call.program, word)
+        if path is not None:
+            role = f"the program {word} runs" + (f" ({word} being {via})" if via else "")
+            inner.executable(path, call.args, depth + 1, role)
+
+    def locate(self, name: str, env: str) -> Path | None:
+        """Where execvp finds ``name``; every folder it looks in on the way must pass too."""
+        if "/" in name:
+            return self.absolute(name)
+        for folder in self.search_path.split(":"):
+            candidate = self.absolute(folder or ".") / name
+            with _explained(candidate, f"where {env} looks for {name!r}"):
+                found = probe(candidate, executable=False)
+            if found is not None:
+                with found:
+                    if os.fstat(found.fd).st_mode & 0o111:
+                        return candidate
+        return None
+
+    def absolute(self, word: str) -> Path:
+        """``word`` as a path from the command's cwd (``..`` left for the walk to resolve)."""
+        return self.cwd / word
 
 
-def _count_hop(hops: int, path: Path) -> int:
-    if hops >= _MAX_SYMLINKS:
-        raise HookSecurityError(str(path), "too many symlinks", "remove the symlink loop")
-    return hops + 1
-
-
-def _check_owner_and_mode(st: os.stat_result, path: Path, what: str) -> None:
-    euid = os.geteuid()
-    if st.st_uid not in (0, euid):
-        users = "root" if euid == 0 else f"root or the agent's user (uid {euid})"
-        raise HookSecurityError(
-            str(path),
-            f"{what} is owned by uid {st.st_uid}, not by {users}",
-            f"chown root:root {path}",
-        )
-    if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
-        raise HookSecurityError(
-            str(path),
-            f"{what} is writable by group or others (mode {stat.S_IMODE(st.st_mode):04o})",
-            f"chmod go-w {path}",
-        )
-
-
-def _check_dir(fd: int, path: Path) -> None:
-    _check_owner_and_mode(os.fstat(fd), path, "parent directory" if path != Path("/") else "/")
-
-
-def _check_file(fd: int, path: Path, *, executable: bool) -> None:
-    st = os.fstat(fd)
-    if not stat.S_ISREG(st.st_mode):
-        raise HookSecurityError(str(path), "is not a regular file", "point at a regular file")
-    _check_owner_and_mode(st, path, "the file")
-    if executable and not st.st_mode & stat.S_IXUSR:
-        raise HookSecurityError(str(path), "is not executable", f"chmod u+x {path}")
-
-
-def _sha256(fd: int) -> str:
-    digest = hashlib.sha256()
-    offset = 0
-    while chunk := os.pread(fd, _CHUNK, offset):
-        digest.update(chunk)
-        offset += len(chunk)
-    return digest.hexdigest()
+@contextlib.contextmanager
+def _explained(path: Path, role: str) -> Iterator[None]:
+    """Say why a file beyond ``argv[0]`` was checked: which file it is to the command."""
+    try:
+        yield
+    except HookSecurityError as exc:
+        who = "it" if exc.path == str(path) else str(path)
+        raise HookSecurityError(exc.path, f"{exc.rule}, and {who} is {role}", exc.fix) from None

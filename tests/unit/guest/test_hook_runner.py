@@ -158,3 +158,46 @@ def test_phase_without_script_is_a_caller_error(trusted_dir: Path) -> None:
     spec = HookSpec(name="t", source="gcp", pre=None, post=["/x"], timeout=1)
     with pytest.raises(ValueError, match="no pre script"):
         run_hook(spec, "pre")
+
+
+# -- every file the hook runs is checked, not only argv[0] (issue 5 §3) ------------------
+
+
+def planted(trusted_dir: Path) -> tuple[Path, Path]:
+    """An attacker's script in a world-writable folder, and the file it creates if it runs."""
+    shared = trusted_dir / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)
+    marker = trusted_dir / "pwned"
+    return write_script(shared, "quiesce.sh", f"touch {marker}"), marker
+
+
+def hook(argv: list[str]) -> HookSpec:
+    return HookSpec(name="t", source="native", pre=argv, post=None, timeout=5.0)
+
+
+@pytest.mark.parametrize("prefix", [["/bin/sh"], ["/usr/bin/env", "sh"], ["/bin/bash", "-e"]])
+def test_script_handed_to_an_interpreter_is_not_run(trusted_dir: Path, prefix: list[str]) -> None:
+    script, marker = planted(trusted_dir)
+    run = run_hook(hook([*prefix, str(script)]), "pre")
+    assert not run.ok and run.attempts == 0
+    assert str(script) in (run.error or "")
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("line", ["#!{script}", "#!/usr/bin/env {script}"])
+def test_shebang_interpreter_in_a_writable_folder_is_not_run(trusted_dir: Path, line: str) -> None:
+    interp, marker = planted(trusted_dir)
+    script = trusted_dir / "hook"
+    script.write_text(line.format(script=interp) + "\n", encoding="utf-8")
+    script.chmod(0o755)
+    run = run_hook(hook([str(script)]), "pre")
+    assert not run.ok and run.attempts == 0
+    assert str(interp) in (run.error or "") and str(script) in (run.error or "")
+    assert not marker.exists()
+
+
+def test_checked_script_handed_to_sh_runs(trusted_dir: Path) -> None:
+    script = write_script(trusted_dir, "quiesce.sh", 'echo "ran $1"', mode=0o644)
+    run = run_hook(hook(["/bin/sh", str(script), "x"]), "pre")
+    assert run.ok and run.stdout == "ran x\n"

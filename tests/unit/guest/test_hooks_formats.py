@@ -193,3 +193,48 @@ def test_collect_hooks_order(trusted_dir: Path) -> None:
         ("gcp", "gcp"),
         ("qemu_ga", "qemu_ga/app"),
     ]
+
+
+# -- Azure's own permission rules for Azure's files --------------------------------------
+
+
+@pytest.mark.parametrize("mode", [0o644, 0o640, 0o604, 0o444])
+def test_azure_config_with_any_group_or_other_bit_is_refused(trusted_dir: Path, mode: int) -> None:
+    path = azure_copy(trusted_dir)
+    path.chmod(mode)
+    with pytest.raises(HookSecurityError) as caught:
+        azure_specs(path)
+    assert caught.value.path == str(path)
+    assert "Azure Backup accepts only mode 0600 or stricter" in caught.value.rule
+    assert f"(mode {mode:04o})" in caught.value.rule
+    assert caught.value.fix == f"chmod 600 {path}"
+
+
+def test_azure_config_with_mode_0400_is_accepted(trusted_dir: Path) -> None:
+    path = azure_copy(trusted_dir)
+    path.chmod(0o400)
+    [spec] = azure_specs(path)
+    assert spec.freeze is True
+
+
+def azure_with_scripts(folder: Path, mode: int) -> tuple[Path, Path]:
+    """Azure's template naming a pre-script of ``mode`` (and the script)."""
+    pre = write_script(folder, "pre.sh", "true", mode=mode)
+    path = azure_copy(folder, {'"preScriptLocation" : ""': f'"preScriptLocation" : "{pre}"'})
+    return path, pre
+
+
+@pytest.mark.parametrize("mode", [0o755, 0o750, 0o701, 0o710])
+def test_azure_script_with_any_group_or_other_bit_is_refused(trusted_dir: Path, mode: int) -> None:
+    path, pre = azure_with_scripts(trusted_dir, mode)
+    with pytest.raises(HookSecurityError) as caught:
+        azure_specs(path)
+    assert caught.value.path == str(pre)
+    assert "Azure Backup accepts only mode 0700 or stricter" in caught.value.rule
+    assert caught.value.fix == f"chmod 700 {pre}"
+
+
+def test_azure_script_with_mode_0700_is_accepted(trusted_dir: Path) -> None:
+    path, pre = azure_with_scripts(trusted_dir, 0o700)
+    [spec] = azure_specs(path)
+    assert spec.pre == [str(pre)]

@@ -2,22 +2,31 @@
 
 The template (fixtures/azure) has empty strings in the params lists, empty script
 locations until the user fills them in, a 30 s timeout (Azure allows 1..1800), no retries,
-``continueBackupOnFailure: true`` and ``fsFreezeEnabled: true``. The file itself must pass
-the config-file permission checks first (Azure asks for mode 600, owned by root).
+``continueBackupOnFailure: true`` and ``fsFreezeEnabled: true``.
+
+Azure's own permission rules apply on top of cleancut's (an imported format keeps its
+platform's rules): the file must be owned by root with mode 0600 or stricter, and each
+script it names owned by root with mode 0700 or stricter — no group or other permission
+bit at all, read included. Everything the scripts run is checked at hello and before each
+run like any hook (:func:`~cleancut.guest.security.check_hook_command`).
 """
 
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any, NoReturn
 
 from cleancut.errors import ConfigError
 from cleancut.guest.hooks.spec import HookSpec, Phase
-from cleancut.guest.security import open_config
+from cleancut.guest.security import PrivateMode, check_private_file, open_config
 
 MAX_TIMEOUT = 1800
 MAX_RETRIES = 10
+#: Azure Backup's rules for its files (it refuses any group or other permission bit).
+CONFIG_MODE = PrivateMode("Azure Backup", 0o600)
+SCRIPT_MODE = PrivateMode("Azure Backup", 0o700)
 
 #: key → (type, default); the defaults are those of Azure's template.
 FIELDS: dict[str, tuple[type, Any]] = {
@@ -42,7 +51,8 @@ def azure_specs(path: Path) -> list[HookSpec]:
     but still tells the agent whether to freeze.
 
     Raises:
-        HookSecurityError: the file fails the permission checks.
+        HookSecurityError: the file, or a script it names, fails the permission checks
+            (Azure's included: 0600 for the file, 0700 for the scripts).
         ConfigError: unknown key, wrong type or value out of range (names file and key).
     """
     if not path.exists():
@@ -52,7 +62,7 @@ def azure_specs(path: Path) -> list[HookSpec]:
             key="hooks_import.azure",
             hint="fill in Azure's template and place it there, or remove hooks_import.azure",
         )
-    with open_config(path) as trusted:
+    with open_config(path, private=CONFIG_MODE) as trusted:
         raw = trusted.read_bytes()
     try:
         data = json.loads(raw)
@@ -149,6 +159,9 @@ def _argv(values: dict[str, Any], phase: Phase, path: Path) -> list[str] | None:
             f"{location!r} is not an absolute path",
             "hooks run without a shell and without PATH",
         )
+    # A missing script is refused by the hook check at hello, naming it.
+    if os.path.lexists(location):
+        check_private_file(Path(location), SCRIPT_MODE, executable=True)
     return [location, *params]
 
 

@@ -1,8 +1,10 @@
 """Running one phase of one hook: from its checked descriptor, bounded in time and output.
 
-The script is opened once with :func:`~cleancut.guest.security.open_trusted` and executed
-through ``/proc/self/fd/N``, so the file that runs is the file that was checked (a rename
-or swap after the check changes nothing). It runs as an argv list without a shell, in a
+Before each run the whole command passes :func:`~cleancut.guest.security.check_hook_command`
+(the script, its ``#!`` interpreters, what ``env`` runs, every file an argument names);
+the script is then executed through ``/proc/self/fd/N`` of the descriptor that check
+opened, so the file that runs is the file that was checked (a rename or swap after the
+check changes nothing). It runs as an argv list without a shell, in a
 clean environment, from ``/``, in its own session so a timeout can kill everything it
 started. Refusals and start failures come back as a failed :class:`HookRun` rather than an
 exception, so the caller still runs the post-scripts (Azure semantics, DESIGN.md §3a).
@@ -21,15 +23,14 @@ import signal
 import subprocess
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import IO
 
 from cleancut.errors import CleancutError
 from cleancut.guest.hooks.spec import HookSpec, Phase
-from cleancut.guest.security import TrustedFile, open_trusted
+from cleancut.guest.security import HOOK_PATH, TrustedFile, check_hook_command
 from cleancut.manifest import HookRun
 
-CLEAN_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
+CLEAN_PATH = HOOK_PATH
 KILL_GRACE = 2.0
 #: How long output is still read after the script exited, for children that keep its pipes.
 DRAIN_GRACE = 0.2
@@ -96,7 +97,7 @@ def run_hook(
         duration=0.0,
     )
     try:
-        with open_trusted(Path(argv[0]), sha256=spec.sha256(phase)) as script:
+        with check_hook_command(argv, spec.sha256(phase)) as script:
             env = _environment(spec, phase, script, env_extra)
             record = _run_attempts(spec, phase, script, env, output_limit, record)
     except CleancutError as exc:
