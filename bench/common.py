@@ -91,6 +91,13 @@ def ms(seconds: float) -> str:
     return f"{seconds * 1000:.1f}"
 
 
+def figures(series: Series) -> list[str]:
+    """p50, p99 and mean of ``series`` in milliseconds, or dashes when it is empty."""
+    if not series.values:
+        return ["-", "-", "-"]
+    return [ms(series.p50), ms(series.p99), ms(series.mean)]
+
+
 def table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     """A plain-text table (first column left-aligned, the others right-aligned)."""
     widths = [max(len(str(r[i])) for r in [headers, *rows]) for i in range(len(headers))]

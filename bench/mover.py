@@ -112,7 +112,8 @@ class Bench:
         guest = self.root / "etc" / f"guest-{name}.toml"
         write_private(
             guest,
-            f'staging = "{self.root / "staging"}"\n\n'
+            # the copy of a 1 GiB volume is made inside the freeze: allow the app's 5m
+            f'staging = "{self.root / "staging"}"\nmax_freeze_timeout = "5m"\n\n'
             f'[volumes.data]\npath = "{self.disk.mountpoint}"\n'
             f'snapshot = "{snapshot}"\nfreeze = true\n',
         )

@@ -26,7 +26,11 @@ def new_rp_id(now: datetime | None = None) -> str:
 
 
 class HookRun(BaseModel):
-    """One run of one hook script, with its bounded output."""
+    """One run of one hook script, with its bounded output.
+
+    ``volumes`` names the volumes the hook quiesces; empty (as in manifests written before
+    the field existed) means every volume of its host.
+    """
 
     host: str
     hook: str
@@ -42,6 +46,7 @@ class HookRun(BaseModel):
     stdout: str = ""
     stderr: str = ""
     error: str | None = None
+    volumes: list[str] = Field(default_factory=list)
 
 
 class WriterRecord(BaseModel):
@@ -78,11 +83,14 @@ class Member(BaseModel):
 
 
 class HostTimings(BaseModel):
-    """One host's view of the cut, on the coordinator's clock.
+    """One host's view of the cut; instants on the coordinator's clock.
 
     ``write_stall`` runs from the first hold (a writer's lock or FIFREEZE) to the last
-    release: what the applications on the host waited for. The quiet window uses
-    ``frozen_at`` (all held) and ``thaw_started_at``.
+    release: what the applications on the host waited for. ``pause`` is the application's
+    own pause, from the first pre-script's start to the last post-script's end (None when
+    no pre- or post-script ran): a stall its users feel too, often the longer one. Both
+    are durations on the guest's monotonic clock. The quiet window uses ``frozen_at`` (all
+    held) and ``thaw_started_at``.
     """
 
     host: str
@@ -91,6 +99,7 @@ class HostTimings(BaseModel):
     thaw_started_at: float | None = None
     thawed_at: float | None = None
     write_stall: float | None = None
+    pause: float | None = None
     self_thawed: str | None = None
     stall_includes_copy: bool = False
 
@@ -125,6 +134,12 @@ class Manifest(BaseModel):
     def max_write_stall(self) -> float | None:
         stalls = [h.write_stall for h in self.hosts if h.write_stall is not None]
         return max(stalls) if stalls else None
+
+    @property
+    def max_pause(self) -> float | None:
+        """The longest application pause of any host (None when no host ran a script)."""
+        pauses = [h.pause for h in self.hosts if h.pause is not None]
+        return max(pauses) if pauses else None
 
     @property
     def quiet_window_seconds(self) -> float | None:

@@ -48,6 +48,10 @@ def test_both_benchmarks_print_every_figure() -> None:
     assert rows[HAND_PAR][5:] == [1.0, 1.0]
     for method in (HAND_SEQ, HAND_PAR):
         assert re.search(re.escape(method) + r", from the last FIFREEZE returning.*p99 ", out)
+    # the hooked cut: its write stall and its application pause, side by side (no ratio)
+    for figure in ("write stall", "application pause"):
+        row = _row(out, f"{HOOKS}: {figure}", 5)
+        assert row[:2] == [1, 0] and row[2] > 0, figure
     for method in (HOOKS, PLAIN):
         assert re.search(re.escape(method) + r": level \w+; whole cut incl\. uploads", out)
 

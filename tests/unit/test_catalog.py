@@ -158,3 +158,14 @@ def test_rebuild_refuses_a_broken_manifest_and_keeps_the_rows(
     with pytest.raises(CatalogError, match="not a valid manifest"):
         catalog.rebuild("shop", mover)
     assert [entry.rp_id for entry in catalog.list("shop")] == ["rp-kept"]
+
+
+def test_the_pause_survives_the_catalog(tmp_path: Path) -> None:
+    catalog = Catalog(tmp_path / "c.sqlite")
+    paused = manifest("shop", "20261127T1101Z-aaaa", 1)
+    paused.hosts.append(HostTimings(host="vm2", write_stall=0.1, pause=2.5))
+    catalog.add(paused, "s1")
+    stored = catalog.get("shop", "latest").manifest
+    assert [h.pause for h in stored.hosts] == [None, 2.5]
+    assert stored.max_pause == 2.5
+    assert stored.max_write_stall == 0.5

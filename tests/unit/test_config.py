@@ -229,6 +229,63 @@ def test_database_on_an_unknown_volume_is_refused(tmp_path: Path) -> None:
     )
 
 
+@pytest.mark.parametrize(
+    "path", ["/srv/invoices/orders.db", "/srv/orders-old/orders.db", "/srv/orders/../x.db"]
+)
+def test_database_outside_its_volume_is_refused(tmp_path: Path, path: str) -> None:
+    text = GUEST.replace('path = "/srv/orders/orders.db"', f'path = "{path}"')
+    error = config_error(load_guest, write(tmp_path, "guest.toml", text))
+    assert (
+        f"databases.orders.path: {path} is not inside volume 'orders' (/srv/orders)"
+        in error.message
+    )
+
+
+def test_database_inside_its_volume_is_accepted(tmp_path: Path) -> None:
+    text = GUEST.replace('path = "/srv/orders/orders.db"', 'path = "/srv/orders/db/a/./o.db"')
+    assert load_guest(write(tmp_path, "guest.toml", text)).databases["orders"].volume == "orders"
+
+
+def test_hook_volumes_default_to_every_volume(tmp_path: Path) -> None:
+    text = GUEST + '[[hooks]]\nname = "q"\npre = ["/bin/true"]\n'
+    assert load_guest(write(tmp_path, "guest.toml", text)).hooks[0].volumes is None
+
+
+def test_native_hook_specs_carry_the_volumes(tmp_path: Path) -> None:
+    from cleancut.guest.hooks.native import native_specs
+
+    text = GUEST + '[[hooks]]\nname = "q"\npre = ["/bin/true"]\nvolumes = ["orders"]\n'
+    text += '[[hooks]]\nname = "all"\npre = ["/bin/true"]\n'
+    specs = native_specs(load_guest(write(tmp_path, "guest.toml", text)).hooks)
+    assert [s.volumes for s in specs] == [("orders",), None]
+
+
+def test_hook_volumes_must_name_declared_volumes(tmp_path: Path) -> None:
+    text = GUEST + '[[hooks]]\nname = "q"\npre = ["/bin/true"]\nvolumes = ["orders", "invoices"]\n'
+    error = config_error(load_guest, write(tmp_path, "guest.toml", text))
+    assert "hooks.0.volumes (hook q): no volume named 'invoices' (volumes: orders)" in (
+        error.message
+    )
+
+
+def test_hook_volumes_may_not_be_empty(tmp_path: Path) -> None:
+    text = GUEST + '[[hooks]]\nname = "q"\npre = ["/bin/true"]\nvolumes = []\n'
+    error = config_error(load_guest, write(tmp_path, "guest.toml", text))
+    assert error.key == "hooks.0.volumes"
+    assert "leave volumes out to mean every volume" in error.message
+
+
+def test_max_freeze_timeout_defaults_to_a_minute_and_is_bounded(tmp_path: Path) -> None:
+    assert load_guest(write(tmp_path, "guest.toml", GUEST)).max_freeze_timeout == 60.0
+    text = 'max_freeze_timeout = "2m"\n' + GUEST
+    assert load_guest(write(tmp_path, "guest.toml", text)).max_freeze_timeout == 120.0
+    for bad, says in (('"11m"', "above 10m"), ('"0s"', "greater than zero")):
+        text = f"max_freeze_timeout = {bad}\n" + GUEST
+        error = config_error(load_guest, write(tmp_path, "guest.toml", text))
+        assert error.key == "max_freeze_timeout"
+        assert says in error.message
+
+
 def test_relative_paths_in_the_guest_file_are_refused(tmp_path: Path) -> None:
     text = GUEST.replace('path = "/srv/orders"', 'path = "srv/orders"')
     error = config_error(load_guest, write(tmp_path, "guest.toml", text))
@@ -357,6 +414,8 @@ def test_guest_sample_with_its_commented_parts_enabled_still_loads(tmp_path: Pat
                     "image ",
                     "allow_root",
                     "sha256",
+                    "volumes",
+                    "max_freeze",
                 )
             )
         ):
@@ -370,3 +429,5 @@ def test_guest_sample_with_its_commented_parts_enabled_still_loads(tmp_path: Pat
     assert guest.volumes["orders"].image == Path("/datastore/orders.img")
     assert guest.hooks[0].sha256 is not None
     assert guest.hooks[0].sha256.pre == "0" * 64
+    assert guest.hooks[0].volumes == ["orders"]
+    assert guest.max_freeze_timeout == 60.0

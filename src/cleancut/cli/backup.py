@@ -10,7 +10,8 @@ import typer
 from cleancut.cli.common import APP_CONFIG, JSON, load, open_catalog, open_repository
 from cleancut.cli.output import emit_json, err, fmt_bytes, fmt_ms, out, progress_bars
 from cleancut.coordinator import Coordinator
-from cleancut.errors import EXIT_DEGRADED
+from cleancut.coordinator.policy import post_script_failures
+from cleancut.errors import EXIT_DEGRADED, EXIT_POST_FAILED
 from cleancut.manifest import Manifest
 
 
@@ -26,7 +27,9 @@ def backup(
     Runs hello → prepare → freeze → snapshot → thaw → upload on all hosts, then commits
     the RP's manifest to the repository. Exit code 0 when the RP reached application level
     and is group-consistent, 3 when it was committed at a weaker level (on_failure =
-    "degrade"), 4 when on_failure = "abort" refused it, 2 for a configuration error.
+    "degrade"), 9 when it was committed but a post-script failed (the application may
+    still be quiesced; a warning on stderr names the host and the hook), 4 when
+    on_failure = "abort" refused it, 2 for a configuration error.
     """
     loaded = load(config)
     access, mover = open_repository(loaded)
@@ -48,14 +51,29 @@ def backup(
             plan = coordinator.dry_run()
             _print_plan(plan, json_output)
             return
-        outcome = coordinator.run()
+        try:
+            outcome = coordinator.run()
+        finally:  # committed, aborted or failed: a quiesced application is never silent
+            failures = post_script_failures(coordinator.reports.values())
+            warn_post_failures(failures)
     manifest = outcome.manifest
     if json_output:
-        emit_json("result", {"manifest": manifest.model_dump(mode="json")})
+        emit_json(
+            "result",
+            {"manifest": manifest.model_dump(mode="json"), "post_script_failures": failures},
+        )
     else:
         print_summary(manifest)
+    if failures:
+        raise typer.Exit(EXIT_POST_FAILED)
     if not (manifest.level == "application" and manifest.group_consistent):
         raise typer.Exit(EXIT_DEGRADED)
+
+
+def warn_post_failures(failures: list[str]) -> None:
+    """One warning line on stderr per failed post-script (in every output mode)."""
+    for failure in failures:
+        err.print(f"warning: {failure}", markup=False)
 
 
 def _print_plan(plan: dict[str, list[str]], json_output: bool) -> None:
@@ -70,7 +88,7 @@ def _print_plan(plan: dict[str, list[str]], json_output: bool) -> None:
 
 
 def print_summary(manifest: Manifest) -> None:
-    """The committed RP in a few lines: level, group consistency, stalls, members."""
+    """The committed RP in a few lines: level, group consistency, stalls, pauses, members."""
     consistent = "yes" if manifest.group_consistent else "NO"
     out.print(f"recovery point {manifest.rp_id} committed", markup=False)
     out.print(f"  level            {manifest.level}", markup=False)
@@ -83,6 +101,12 @@ def print_summary(manifest: Manifest) -> None:
             f"  write stall      {host.host}: {fmt_ms(host.write_stall)}{copy}{selfthaw}",
             markup=False,
         )
+        if host.pause is not None:
+            out.print(
+                f"  app paused       {host.host}: {fmt_ms(host.pause)} "
+                "(first pre-script start to last post-script end)",
+                markup=False,
+            )
     for m in manifest.members:
         size = fmt_bytes(m.bytes_processed)
         out.print(f"  {m.host}/{m.resource:<12} {m.level:<11} {size:>10}  {m.reason}", markup=False)

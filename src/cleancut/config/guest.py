@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from pathlib import Path
+import os
+from pathlib import Path, PurePosixPath
 from typing import Annotated, Literal
 
 from pydantic import Field, StringConstraints, field_validator, model_validator
@@ -17,6 +18,9 @@ Sha256 = Annotated[str, StringConstraints(pattern=r"^[0-9a-fA-F]{64}$")]
 #: Providers whose snapshot is written inside the volume's own file system: freezing it
 #: would make the snapshot wait for the thaw, and the guest would wait for itself forever.
 IN_PLACE_PROVIDERS = frozenset({"btrfs", "reflink"})
+
+#: The most ``max_freeze_timeout`` may allow, as the application's ``freeze_timeout``.
+MAX_FREEZE_TIMEOUT_BOUND = 600.0
 
 
 def _must_be_absolute(value: Path | None) -> Path | None:
@@ -88,11 +92,17 @@ class HookPins(Strict):
 
 
 class Hook(Strict):
-    """A pre-/post-script pair, run as argv lists without a shell."""
+    """A pre-/post-script pair, run as argv lists without a shell.
+
+    ``volumes`` names the volumes the hook quiesces: only those count as held by it when
+    the cut's levels are judged. Omitted, it means every volume of the host, which is what
+    the imported formats (Azure, GCP, qemu-ga) mean by a host-wide script.
+    """
 
     name: Name
     pre: list[str] | None = Field(default=None, min_length=1)
     post: list[str] | None = Field(default=None, min_length=1)
+    volumes: list[Name] | None = None
     timeout: Duration = 30.0
     retries: int = Field(default=0, ge=0, le=10)
     sha256: HookPins | None = None
@@ -104,6 +114,17 @@ class Hook(Strict):
         if value is not None and not value[0].startswith("/"):
             raise ValueError(
                 f"{value[0]!r} must be an absolute path: hooks run without a shell and without PATH"
+            )
+        return value
+
+    @field_validator("volumes")
+    @classmethod
+    def _some_volume(cls, value: list[str] | None) -> list[str] | None:
+        # an empty list would read as "every volume" in a report: say so instead of guessing
+        if value is not None and not value:
+            raise ValueError(
+                "an empty list quiesces no volume; name the volumes the hook quiesces, "
+                "or leave volumes out to mean every volume of this host"
             )
         return value
 
@@ -128,7 +149,13 @@ class HooksImport(Strict):
 
 
 class GuestConfig(Strict):
-    """Everything one host offers to a cut."""
+    """Everything one host offers to a cut.
+
+    ``max_freeze_timeout`` is this host's own bound on a cut: the longest ``freeze_timeout``
+    a coordinator may ask it to hold writes for (its locks, its quiesced application, its
+    frozen file systems). A request above it is refused before anything is touched, so
+    whoever can reach the guest cannot make it stall the host for longer.
+    """
 
     volumes: dict[Name, Volume] = Field(default_factory=dict)
     databases: dict[Name, Database] = Field(default_factory=dict)
@@ -136,6 +163,7 @@ class GuestConfig(Strict):
     hooks_import: HooksImport = Field(default_factory=HooksImport)
     staging: Path = Path("/var/lib/cleancut/staging")
     allow_root_freeze: bool = False
+    max_freeze_timeout: Duration = 60.0
 
     @field_validator("staging")
     @classmethod
@@ -143,16 +171,47 @@ class GuestConfig(Strict):
         # the agent's working directory is the coordinator's: a relative path would move with it
         return _must_be_absolute(value) or value
 
+    @field_validator("max_freeze_timeout")
+    @classmethod
+    def _bounded(cls, value: float) -> float:
+        if value > MAX_FREEZE_TIMEOUT_BOUND:
+            raise ValueError(
+                "max_freeze_timeout above 10m would let a coordinator stall this host's "
+                'writes too long; write at most "10m"'
+            )
+        return value
+
     @model_validator(mode="after")
     def _references(self) -> GuestConfig:
+        known = ", ".join(sorted(self.volumes)) or "none declared"
         for name, db in self.databases.items():
             if db.volume not in self.volumes:
-                known = ", ".join(sorted(self.volumes)) or "none declared"
                 raise ValueError(
                     f"databases.{name}.volume: no volume named {db.volume!r} (volumes: {known})"
+                )
+            _database_inside_volume(name, db, self.volumes[db.volume])
+        for index, hook in enumerate(self.hooks):
+            unknown = [v for v in hook.volumes or [] if v not in self.volumes]
+            if unknown:
+                raise ValueError(
+                    f"hooks.{index}.volumes (hook {hook.name}): no volume named "
+                    f"{unknown[0]!r} (volumes: {known})"
                 )
         names = [hook.name for hook in self.hooks]
         duplicates = sorted({n for n in names if names.count(n) > 1})
         if duplicates:
             raise ValueError(f"hooks: the name {duplicates[0]!r} is used twice")
         return self
+
+
+def _database_inside_volume(name: str, db: Database, volume: Volume) -> None:
+    """Refuse a database whose file lies outside its volume: that volume's snapshot would
+    not contain it, and the writer would hold a database nobody captures."""
+    path = PurePosixPath(os.path.normpath(db.path))
+    root = PurePosixPath(os.path.normpath(volume.path))
+    if not path.is_relative_to(root):
+        raise ValueError(
+            f"databases.{name}.path: {db.path} is not inside volume {db.volume!r} "
+            f"({volume.path}); move the database into {volume.path} or set "
+            "volume to the volume whose path holds it"
+        )

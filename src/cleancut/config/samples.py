@@ -35,6 +35,9 @@ GUEST_SAMPLE = """\
 # Where local snapshots wait for their upload (must not be on a frozen file system).
 staging = "/var/lib/cleancut/staging"
 # allow_root_freeze = false   # never freeze "/" unless you really mean it
+# The longest freeze_timeout a coordinator may ask of this host (locks held, application
+# quiesced, file systems frozen); larger requests are refused before anything is touched.
+# max_freeze_timeout = "60s"  # at most "10m"
 
 [volumes.orders]
 path = "/srv/orders"          # the mount point (or directory) whose contents are captured
@@ -53,6 +56,9 @@ volume = "orders"
 # name = "app-quiesce"
 # pre = ["/etc/cleancut/hooks/pre.sh", "--flush"]   # argv list, absolute path, no shell
 # post = ["/etc/cleancut/hooks/post.sh"]
+# the volumes this hook quiesces (default: every volume of this host); only these
+# count as held by it when the cut's consistency levels are judged
+# volumes = ["orders"]
 # timeout = "30s"
 # retries = 0
 # continue_on_failure = false

@@ -101,8 +101,12 @@ class Coordinator:
         *,
         timeout: Timeout,
         on_event: Callable[[str], Any] | None = None,
+        keep: Callable[[str, dict[str, Any]], None] | None = None,
     ) -> dict[str, dict[str, Any]]:
         """``op`` on every host in parallel; returns when all answered (the barrier).
+
+        ``keep`` receives each host's answer as it arrives, so the answers of the hosts
+        that did answer are kept when another one fails.
 
         ``timeout`` bounds each host's answer (a number, or a function of the host). The
         calls run in daemon threads and the wait is interruptible: Ctrl-C reaches the
@@ -124,6 +128,8 @@ class Coordinator:
                     op, args(name) if args else {}, timeout=bound, on_event=sink
                 )
                 self._round_trip[name] = (sent, time.time())
+                if keep is not None:
+                    keep(name, results[name])
             except BaseException as exc:
                 errors[name] = exc
             finally:
@@ -143,6 +149,14 @@ class Coordinator:
             "phase", {"phase": op, "state": "done", "seconds": round(time.time() - started, 4)}
         )
         return results
+
+    def _keep(self, phase: str) -> Callable[[str, dict[str, Any]], None]:
+        """Stores a host's answer to ``phase`` in its report as soon as it arrives."""
+
+        def keep(name: str, answer: dict[str, Any]) -> None:
+            setattr(self.reports[name], phase, answer)
+
+        return keep
 
     def _hooks(self, name: str) -> list[dict[str, Any]]:
         return list(self.reports[name].hello.get("inventory", {}).get("hooks", []))
@@ -274,8 +288,7 @@ class Coordinator:
         self._open()
         self._hello()
         repository.result()
-        for name, answer in self._all("prepare", timeout=self._prepare_bound).items():
-            self.reports[name].prepare = answer
+        self._all("prepare", timeout=self._prepare_bound, keep=self._keep("prepare"))
         self._abort_before_freeze()
         # each guest snapshots inside its own freeze: one round trip less of write stall;
         # a lone host's hold is the whole quiet window, so it thaws without waiting
@@ -286,8 +299,7 @@ class Coordinator:
         for name, answer in frozen.items():
             self.reports[name].snapshot = answer.pop("snapshot")
             self.reports[name].freeze = answer
-        for name, answer in self._all("thaw", timeout=self._post_bound).items():
-            self.reports[name].thaw = answer
+        self._all("thaw", timeout=self._post_bound, keep=self._keep("thaw"))
         manifest = self._judge(created)
         self._upload(manifest)
         return manifest

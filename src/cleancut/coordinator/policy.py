@@ -6,6 +6,7 @@ All times are already on the coordinator's clock.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,6 +37,33 @@ class HostReport:
     @property
     def pre_hooks(self) -> list[dict[str, Any]]:
         return list(self.prepare.get("hooks", []))
+
+    @property
+    def post_hooks(self) -> list[dict[str, Any]]:
+        """The post-script runs reported by thaw, and by release after a failure."""
+        return [run for run in self.thaw.get("hooks", []) if run.get("phase") == "post"]
+
+    @property
+    def thawed_from_outside(self) -> set[str]:
+        """Mount points we froze that someone else thawed before our thaw (when is unknown)."""
+        return set(self.thaw.get("thawed_from_outside") or [])
+
+    def hook_volumes(self, run: dict[str, Any]) -> set[str]:
+        """The volumes a hook run quiesces: those it names, or every volume of the host.
+
+        An empty list is what a guest older than the field sends: it meant the whole host.
+        """
+        named = run.get("volumes") or self._declared_volumes(str(run.get("hook")))
+        return set(named) if named else set(self.volumes)
+
+    def _declared_volumes(self, hook: str) -> list[str]:
+        declared = self.hello.get("inventory", {}).get("hooks", [])
+        return next((list(h.get("volumes") or []) for h in declared if h.get("name") == hook), [])
+
+    def thawed_outside(self, resource: str) -> bool:
+        """Whether the file system of ``resource`` was thawed from outside before our thaw."""
+        mount = self.volumes.get(resource, {}).get("mount")
+        return mount is not None and mount in self.thawed_from_outside
 
     def writers(self) -> dict[str, Any]:
         """The latest writer report (thaw's, else freeze's, else prepare's)."""
@@ -94,6 +122,12 @@ def judge_member(report: HostReport, resource: str) -> MemberVerdict:
     frozen = bool(volume.get("freeze")) and not report.freeze.get("freeze_error")
     if volume.get("freeze") and report.freeze.get("freeze_error"):
         reasons.append(f"freeze failed: {report.freeze['freeze_error']}")
+    if frozen and report.thawed_outside(resource):
+        # we cannot know when: the snapshot may have been taken after the thaw
+        frozen = False
+        reasons.append(
+            f"file system {volume.get('mount')} thawed from outside before cleancut's thaw"
+        )
     finished = report.local(snapshot["taken_at"] + snapshot["seconds"])
     thawed_early = report.self_thawed_at
     if frozen and thawed_early is not None and finished is not None and thawed_early < finished:
@@ -122,19 +156,35 @@ def judge_member(report: HostReport, resource: str) -> MemberVerdict:
 
 
 def _held(report: HostReport, resource: str) -> tuple[bool, bool, str]:
-    """Whether application steps held this volume's writes, whether hooks did, and why."""
-    failed = [run for run in report.pre_hooks if not run["ok"]]
+    """Whether application steps held this volume's writes, whether hooks did, and why.
+
+    Only the pre-scripts that quiesce this volume count, failed or not: an unrelated
+    hook's success holds nothing here, and its failure weakens nothing here.
+    """
+    runs = [run for run in report.pre_hooks if resource in report.hook_volumes(run)]
+    failed = [run for run in runs if not run["ok"]]
     if failed:
         return False, False, f"pre-script {failed[0]['hook']} failed: {_hook_failure(failed[0])}"
     writers = {n: w for n, w in report.writers().items() if w["volume"] == resource}
     bad = [n for n, w in writers.items() if not w["ok"]]
     if bad:
         return False, False, f"writer {bad[0]} failed: {writers[bad[0]]['error']}"
-    steps = [f"pre-script {run['hook']} ok" for run in report.pre_hooks]
+    steps = [f"pre-script {run['hook']} ok" for run in runs]
     steps += [f"{w['kind']} writer {n} held" for n, w in writers.items()]
     if not steps:
-        return False, False, "no application step (hook or writer) declared"
-    return True, bool(report.pre_hooks), ", ".join(steps)
+        return False, False, _no_step(report, resource)
+    return True, bool(runs), ", ".join(steps)
+
+
+def _no_step(report: HostReport, resource: str) -> str:
+    others = [run for run in report.pre_hooks if resource not in report.hook_volumes(run)]
+    if not others:
+        return "no application step (hook or writer) declared"
+    quiesced = ", ".join(sorted(report.hook_volumes(others[0])))
+    return (
+        f"no application step (hook or writer) for this volume: pre-script "
+        f"{others[0]['hook']} quiesces only {quiesced}"
+    )
 
 
 def quiet_window(reports: list[HostReport]) -> tuple[float, float] | None:
@@ -176,8 +226,10 @@ def group_consistent(
         for r in reports
         if r.self_thawed
     ]
+    by_host = {r.host: r for r in reports}
     problems += [
         f"{v.host}/{v.resource} was neither frozen nor held by application steps"
+        + _outside_note(by_host.get(v.host), v.resource)
         for v in verdicts
         if not (v.frozen or v.held)
     ]
@@ -194,6 +246,12 @@ def group_consistent(
     return not problems, problems
 
 
+def _outside_note(report: HostReport | None, resource: str) -> str:
+    if report is None or not report.thawed_outside(resource):
+        return ""
+    return " (its file system was thawed from outside before cleancut's thaw)"
+
+
 def _within(start: float | None, end: float | None, low: float | None, high: float | None) -> bool:
     if start is None or end is None or low is None or high is None:
         return False
@@ -202,3 +260,46 @@ def _within(start: float | None, end: float | None, low: float | None, high: flo
 
 def rp_level(verdicts: list[MemberVerdict]) -> Level:
     return weakest([v.level for v in verdicts])
+
+
+def post_script_failures(reports: Iterable[HostReport]) -> list[str]:
+    """Every post-script that failed or whose result never arrived, one warning each.
+
+    A post-script resumes what its pre-script quiesced: when it fails, the application may
+    still be paused, so this is never silent (the CLI prints each and exits with
+    :data:`~cleancut.errors.EXIT_POST_FAILED`). A hook whose pre-script ran (or that has
+    only a post-script) but that has no post-script result was either not run or its
+    result was lost with its host's thaw and release replies. It reads the replies
+    defensively: it runs while an error propagates and must not replace it.
+    """
+    warnings: list[str] = []
+    for report in reports:
+        posts = report.post_hooks
+        warnings += [
+            f"host {report.host}: post-script {run.get('hook')} failed: {_hook_failure(run)}; "
+            "the application may still be quiesced"
+            for run in posts
+            if not run.get("ok")
+        ]
+        reported = {run.get("hook") for run in posts}
+        warnings += [
+            f"host {report.host}: post-script {name}: no result reached the coordinator "
+            "(not run, or its host's thaw and release replies were lost); "
+            "the application may still be quiesced"
+            for name in _posts_due(report)
+            if name not in reported
+        ]
+    return warnings
+
+
+def _posts_due(report: HostReport) -> list[str]:
+    """Hooks whose post-script the guest must have run: its pre-script ran, or it has none."""
+    if not report.prepare:
+        return []  # no prepare reply: which pre-scripts ran is unknown
+    ran = {run.get("hook") for run in report.pre_hooks}
+    declared = report.hello.get("inventory", {}).get("hooks", [])
+    return [
+        str(h.get("name"))
+        for h in declared
+        if h.get("post") and (h.get("name") in ran or not h.get("pre"))
+    ]

@@ -446,7 +446,7 @@ def test_points_on_an_empty_catalog(
     assert "no recovery points yet" in result.out
     as_json = run(capsys, monkeypatch, "points", str(files.app), "--json")
     assert as_json.code == 0
-    assert as_json.out == ""
+    assert json.loads(as_json.out) == []  # one document, a list, even when empty
 
 
 def test_restore_without_to_is_refused(
@@ -490,3 +490,109 @@ def test_missing_file_exits_2(
     result = run(capsys, monkeypatch, "points", str(tmp_path / "nope.toml"))
     assert result.code == 2
     assert f"{tmp_path / 'nope.toml'}: no such file" in result.err
+
+
+def test_config_check_refuses_a_database_outside_its_volume(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, files: Files
+) -> None:
+    outside = files.folder / "elsewhere" / "orders.db"
+    text = guest_text(files.folder).replace(
+        str(files.folder / "orders" / "orders.db"), str(outside)
+    )
+    files.guest.write_text(text, encoding="utf-8")
+    result = run(capsys, monkeypatch, "config", "check", str(files.app))
+    assert result.code == 2
+    assert (
+        f"databases.orders.path: {outside} is not inside volume 'orders' "
+        f"({files.folder / 'orders'})" in one_line(result.err)
+    )
+
+
+# -- backup: post-scripts, pause ---------------------------------------------------------
+
+
+def script(folder: Path, name: str, status: int) -> Path:
+    """An executable shell script in ``folder`` that exits with ``status``."""
+    path = folder / name
+    path.write_text(f"#!/bin/sh\nexit {status}\n", encoding="utf-8")
+    path.chmod(0o755)
+    return path
+
+
+def hooked_files(files: Files, hook: str) -> None:
+    """The guest of ``files`` with a plain copy volume (no database) and the hook ``hook``."""
+    (files.folder / "orders").mkdir(exist_ok=True)
+    (files.folder / "orders" / "note.txt").write_text("hello\n", encoding="utf-8")
+    files.guest.write_text(
+        f'staging = "{files.folder / "staging"}"\n'
+        f'[volumes.orders]\npath = "{files.folder / "orders"}"\nsnapshot = "copy"\n'
+        f"freeze = false\n[[hooks]]\n{hook}",
+        encoding="utf-8",
+    )
+
+
+@pytest.mark.restic
+def test_a_failed_post_script_of_a_committed_backup_exits_9_and_names_it(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, files: Files
+) -> None:
+    monkeypatch.setenv("RESTIC_PASSWORD", "test")
+    post = script(files.folder, "post.sh", 5)
+    hooked_files(files, f'name = "resume"\npost = ["{post}"]\n')
+    degrade = 'name = "shop"\non_failure = "degrade"'
+    files.app.write_text(files.app.read_text().replace('name = "shop"', degrade))
+    result = run(capsys, monkeypatch, "backup", str(files.app))
+    assert "recovery point" in result.out and "committed" in result.out
+    assert result.code == 9, result.err  # ahead of 3: the copy volume is level none
+    warning = r"warning: host app1: post-script resume failed: [^;]*\b5; the application may"
+    assert re.search(warning, one_line(result.err)), result.err
+    listed = json.loads(run(capsys, monkeypatch, "points", str(files.app), "--json").out)
+    assert len(listed) == 1
+
+
+@pytest.mark.restic
+def test_a_failed_post_script_of_an_aborted_backup_is_warned_about_too(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, files: Files
+) -> None:
+    monkeypatch.setenv("RESTIC_PASSWORD", "test")
+    pre, post = script(files.folder, "pre.sh", 1), script(files.folder, "post.sh", 6)
+    hooked_files(files, f'name = "quiesce"\npre = ["{pre}"]\npost = ["{post}"]\n')
+    result = run(capsys, monkeypatch, "backup", str(files.app))
+    assert result.code == 4, result.err  # the pre-script forbids going on: PolicyAbort
+    message = one_line(result.err)
+    assert re.search(r"warning: host app1: post-script quiesce failed: [^;]*\b6;", message)
+    assert "pre-script quiesce failed" in message  # and the error itself follows
+
+
+def test_points_and_the_backup_summary_show_the_pause(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, files: Files
+) -> None:
+    from datetime import UTC, datetime
+
+    from cleancut.catalog import Catalog
+    from cleancut.cli.backup import print_summary
+    from cleancut.manifest import HostTimings, Manifest
+
+    manifest = Manifest(
+        app="shop",
+        rp_id="20260101T000000Z-abcd",
+        created_at=datetime(2026, 1, 1, tzinfo=UTC),
+        on_failure="degrade",
+        level="application",
+        group_consistent=True,
+        hosts=[HostTimings(host="app1", write_stall=0.0421, pause=1.2345)],
+        members=[],
+    )
+    Catalog(files.folder / "shop.catalog.sqlite").add(manifest, "snap")
+    table = run(capsys, monkeypatch, "points", str(files.app))
+    assert table.code == 0, table.err
+    assert "pause" in table.out
+    assert "42.1 ms" in table.out and "1234.5 ms" in table.out
+    as_json = run(capsys, monkeypatch, "points", str(files.app), "--json")
+    [point] = json.loads(as_json.out)
+    assert point["write_stall"] == pytest.approx(0.0421)
+    assert point["pause"] == pytest.approx(1.2345)
+    capsys.readouterr()
+    print_summary(manifest)
+    summary = capsys.readouterr().out
+    assert "write stall      app1: 42.1 ms" in summary
+    assert "app paused       app1: 1234.5 ms" in summary

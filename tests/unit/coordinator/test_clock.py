@@ -33,7 +33,7 @@ class SkewedGuest(Channel):
         time.sleep(self.work)
         return {"received_at": received_at, "time": time.time() + self.skew, "inventory": {}}
 
-    def close(self) -> None:
+    def close(self, wait: float = 30.0) -> None:
         return None
 
 

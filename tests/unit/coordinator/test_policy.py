@@ -18,9 +18,11 @@ from cleancut.coordinator.policy import (
     blocking_hook_failures,
     group_consistent,
     judge_member,
+    post_script_failures,
     quiet_window,
     rp_level,
 )
+from cleancut.errors import ProtocolError
 
 UNHELD = {"image": "crash", "btrfs": "crash", "copy": "none", "reflink": "none"}
 
@@ -58,6 +60,7 @@ def report(
     thaw_started_at: float = 100.5,
     self_thawed_at: float | None = None,
     freeze_error: str | None = None,
+    thaw_extra: dict[str, Any] | None = None,
 ) -> HostReport:
     """One host with one volume ``orders``; times are on the guest's clock."""
     writers = writers or {}
@@ -69,6 +72,7 @@ def report(
                 "volumes": {
                     "orders": {
                         "path": "/srv/orders",
+                        "mount": "/srv/orders",
                         "provider": provider,
                         "freeze": freeze,
                         "unheld_level": UNHELD[provider],
@@ -106,8 +110,24 @@ def report(
             "self_thawed_at": self_thawed_at,
             "writers": writers,
             "hooks": [],
+            **(thaw_extra or {}),
         },
     )
+
+
+def with_volume(
+    r: HostReport, name: str, provider: str = "image", *, freeze: bool = True
+) -> HostReport:
+    """``r`` with one more volume ``name`` (its own file system at /srv/NAME), snapshotted."""
+    r.hello["inventory"]["volumes"][name] = {
+        "path": f"/srv/{name}",
+        "mount": f"/srv/{name}",
+        "provider": provider,
+        "freeze": freeze,
+        "unheld_level": UNHELD[provider],
+    }
+    r.snapshot["snapshots"][name] = dict(r.snapshot["snapshots"]["orders"])
+    return r
 
 
 def judge(r: HostReport) -> MemberVerdict:
@@ -406,3 +426,209 @@ def test_manifest_records_levels_stalls_and_window() -> None:
     assert members["b"].snapshot_at == pytest.approx(100.2)
     assert [w.database for w in manifest.writers] == ["orders"]
     assert [h.host for h in manifest.hooks] == ["a"]
+
+
+def judged(r: HostReport) -> Any:
+    """The manifest of a one-host cut of ``r``."""
+    verdicts = [judge_member(r, name) for name in r.volumes]
+    consistent, problems = group_consistent([r], verdicts)
+    return build_manifest(
+        app="shop",
+        rp_id="20260101T000000Z-abcd",
+        created=datetime(2026, 1, 1, tzinfo=UTC),
+        on_failure="degrade",
+        reports=[r],
+        verdicts=verdicts,
+        level=rp_level(verdicts),
+        consistent=consistent,
+        problems=problems,
+    )
+
+
+# -- which volumes a hook holds ----------------------------------------------------------
+
+
+@pytest.mark.parametrize("provider", ["reflink", "copy"])
+def test_a_hook_of_another_volume_does_not_make_this_one_application(provider: str) -> None:
+    r = with_volume(
+        report(provider, freeze=False, hooks=[hook_run("db-quiesce", volumes=["invoices"])]),
+        "invoices",
+        "copy",
+        freeze=False,
+    )
+    verdict = judge(r)
+    assert verdict.level == "none"
+    assert not verdict.held
+    assert "pre-script db-quiesce quiesces only invoices" in verdict.reason
+    assert judge_member(r, "invoices").level == "application"
+
+
+def test_a_hook_naming_this_volume_holds_it() -> None:
+    r = report("reflink", freeze=False, hooks=[hook_run(volumes=["orders", "invoices"])])
+    r = with_volume(r, "invoices", "reflink", freeze=False)
+    assert judge(r).level == "application"
+    assert judge_member(r, "invoices").level == "application"
+
+
+def test_a_frozen_volume_with_only_another_volumes_hook_is_filesystem() -> None:
+    r = with_volume(report("image", hooks=[hook_run(volumes=["invoices"])]), "invoices")
+    assert judge(r).level == "filesystem"
+    assert judge_member(r, "invoices").level == "application"
+
+
+@pytest.mark.parametrize("extra", [{}, {"volumes": []}])
+def test_a_hook_without_volumes_holds_every_volume(extra: dict[str, Any]) -> None:
+    # imported formats (Azure, GCP, qemu-ga) and guests older than the field mean the host
+    r = with_volume(report("reflink", freeze=False, hooks=[hook_run(**extra)]), "invoices")
+    assert judge(r).level == "application"
+    assert judge_member(r, "invoices").level == "application"
+
+
+def test_the_declared_hook_volumes_count_when_a_run_lacks_them() -> None:
+    r = with_volume(report("reflink", freeze=False, hooks=[hook_run()]), "invoices", "copy")
+    r.hello["inventory"]["hooks"] = [{"name": "quiesce", "volumes": ["invoices"]}]
+    assert judge(r).level == "none"
+
+
+def test_a_failed_hook_of_another_volume_does_not_weaken_this_one() -> None:
+    failed = hook_run("other", ok=False, continue_on_failure=True, volumes=["invoices"])
+    r = with_volume(report("image", hooks=[failed], writers={"orders": writer()}), "invoices")
+    verdict = judge(r)
+    assert verdict.level == "application"
+    assert "failed" not in verdict.reason
+    weak = judge_member(r, "invoices")
+    assert weak.level == "filesystem"
+    assert "pre-script other failed: exit code 1" in weak.reason
+
+
+# -- a freeze thawed from outside --------------------------------------------------------
+
+
+def test_a_freeze_thawed_from_outside_is_not_frozen() -> None:
+    r = report("image", hooks=[hook_run()], thaw_extra={"thawed_from_outside": ["/srv/orders"]})
+    verdict = judge(r)
+    assert not verdict.frozen
+    assert verdict.level == "crash"  # an image without a freeze misses the page cache
+    assert "thawed from outside before cleancut's thaw" in verdict.reason
+    assert "file system frozen" not in verdict.reason
+    consistent, problems = group_consistent([r], [verdict])
+    assert not consistent
+    assert problems == [
+        "app1/orders was neither frozen nor held by application steps (its file system "
+        "was thawed from outside before cleancut's thaw)"
+    ]
+    manifest = judged(r)
+    assert [m.frozen for m in manifest.members] == [False]
+    assert manifest.level == "crash"
+
+
+def test_only_the_file_system_thawed_from_outside_loses_its_freeze() -> None:
+    r = report("image", thaw_extra={"thawed_from_outside": ["/srv/invoices"]})
+    r = with_volume(r, "invoices")
+    assert judge(r).frozen and judge(r).level == "filesystem"
+    assert not judge_member(r, "invoices").frozen
+    assert {m.resource: m.frozen for m in judged(r).members} == {
+        "orders": True,
+        "invoices": False,
+    }
+
+
+def test_a_copy_thawed_from_outside_but_quiesced_by_its_hook_stays_application() -> None:
+    r = report("copy", hooks=[hook_run()], thaw_extra={"thawed_from_outside": ["/srv/orders"]})
+    verdict = judge(r)
+    assert not verdict.frozen and verdict.held
+    assert verdict.level == "application"
+
+
+# -- write stall and pause ---------------------------------------------------------------
+
+
+def test_the_guests_monotonic_write_stall_and_pause_are_recorded() -> None:
+    r = report("image", hooks=[hook_run()], thaw_extra={"write_stall": 0.042, "pause": 1.25})
+    host = judged(r).hosts[0]
+    assert host.write_stall == pytest.approx(0.042)  # not thawed_at - frozen_at (0.501)
+    assert host.pause == pytest.approx(1.25)
+    assert judged(r).max_pause == pytest.approx(1.25)
+
+
+def test_a_guest_that_held_nothing_sends_no_stall() -> None:
+    r = report("image", thaw_extra={"write_stall": None, "pause": None})
+    manifest = judged(r)
+    assert manifest.hosts[0].write_stall is None
+    assert manifest.max_pause is None
+
+
+def test_without_the_guests_figures_the_stall_comes_from_its_instants() -> None:
+    host = judged(report("image")).hosts[0]
+    assert host.write_stall == pytest.approx(0.501)
+    assert host.pause is None
+
+
+@pytest.mark.parametrize("value", [float("inf"), float("nan"), -1.0, "1s", True])
+def test_a_duration_that_is_not_one_is_a_protocol_error(value: object) -> None:
+    with pytest.raises(ProtocolError, match="as a duration"):
+        judged(report("image", thaw_extra={"pause": value}))
+
+
+# -- post-scripts ------------------------------------------------------------------------
+
+
+def post_run(name: str = "quiesce", **extra: Any) -> dict[str, Any]:
+    return hook_run(name, phase="post", argv=["/etc/cleancut/hooks/post.sh"], **extra)
+
+
+def declared(*hooks: dict[str, Any]) -> list[dict[str, Any]]:
+    return [{"source": "native", "pre": None, "post": None, **h} for h in hooks]
+
+
+def test_failed_post_scripts_are_named_with_their_error() -> None:
+    r = report("image", hooks=[hook_run("a"), hook_run("b"), hook_run("c")])
+    r.thaw["hooks"] = [
+        post_run("c", ok=False, returncode=4),
+        post_run("b", ok=False, returncode=None, timed_out=True),
+        post_run("a", ok=False, returncode=None, error="not run: refused: world-writable"),
+    ]
+    assert post_script_failures([r]) == [
+        "host app1: post-script c failed: exit code 4; the application may still be quiesced",
+        "host app1: post-script b failed: timed out; the application may still be quiesced",
+        "host app1: post-script a failed: not run: refused: world-writable; "
+        "the application may still be quiesced",
+    ]
+    assert judged(r).notes[-3:] == post_script_failures([r])
+
+
+def test_post_scripts_that_ran_are_no_warning() -> None:
+    r = report("image", hooks=[hook_run()])
+    r.hello["inventory"]["hooks"] = declared({"name": "quiesce", "pre": ["/p"], "post": ["/q"]})
+    r.thaw["hooks"] = [post_run()]
+    assert post_script_failures([r]) == []
+    assert judged(r).notes == []
+
+
+def test_a_post_script_whose_result_never_arrived_is_a_warning() -> None:
+    r = report("image", hooks=[hook_run("ran")])
+    r.hello["inventory"]["hooks"] = declared(
+        {"name": "ran", "pre": ["/p"], "post": ["/q"]},
+        {"name": "not-reached", "pre": ["/p"], "post": ["/q"]},  # its pre-script never ran
+        {"name": "post-only", "post": ["/q"]},
+        {"name": "pre-only", "pre": ["/p"]},
+    )
+    r.thaw = {}  # the thaw reply was lost and release did not answer
+    warnings = post_script_failures([r])
+    assert [w.split(":")[1].strip() for w in warnings] == [
+        "post-script ran",
+        "post-script post-only",
+    ]
+    assert "no result reached the coordinator" in warnings[0]
+
+
+def test_before_prepare_answered_no_post_script_is_expected() -> None:
+    r = report("image")
+    r.prepare = {}
+    r.hello["inventory"]["hooks"] = declared({"name": "post-only", "post": ["/q"]})
+    assert post_script_failures([r]) == []
+    r.thaw["hooks"] = [post_run("post-only", ok=False)]  # release ran it: it failed
+    assert post_script_failures([r]) == [
+        "host app1: post-script post-only failed: exit code 1; "
+        "the application may still be quiesced"
+    ]

@@ -7,7 +7,10 @@ from cleancut.guest.hooks.spec import HookSpec
 
 
 def native_specs(hooks: list[Hook]) -> list[HookSpec]:
-    """One spec per ``[[hooks]]`` entry, in file order; ``retries`` applies to both phases."""
+    """One spec per ``[[hooks]]`` entry, in file order; ``retries`` applies to both phases.
+
+    A hook without ``volumes`` quiesces every volume of the host (``volumes=None``).
+    """
     return [
         HookSpec(
             name=hook.name,
@@ -20,6 +23,7 @@ def native_specs(hooks: list[Hook]) -> list[HookSpec]:
             pre_sha256=hook.sha256.pre if hook.sha256 else None,
             post_sha256=hook.sha256.post if hook.sha256 else None,
             continue_on_failure=hook.continue_on_failure,
+            volumes=tuple(hook.volumes) if hook.volumes is not None else None,
         )
         for hook in hooks
     ]

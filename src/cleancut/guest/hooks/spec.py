@@ -16,7 +16,9 @@ class HookSpec:
     ``pre``/``post`` are argv lists whose first item is the absolute path of the script
     (no shell, no PATH lookup). ``freeze`` is False only when the format says so (Azure's
     ``fsFreezeEnabled = false``): the agent then must not freeze for this host. ``details``
-    holds extras worth recording (the config file, Azure's poll time, ...).
+    holds extras worth recording (the config file, Azure's poll time, ...). ``volumes``
+    names the volumes the hook quiesces; None means every volume of the host, which is
+    what the imported formats mean (their scripts quiesce the whole machine).
     """
 
     name: str
@@ -30,6 +32,7 @@ class HookSpec:
     post_sha256: str | None = None
     continue_on_failure: bool = False
     freeze: bool = True
+    volumes: tuple[str, ...] | None = None
     details: dict[str, Any] = field(default_factory=dict)
 
     def argv(self, phase: Phase) -> list[str] | None:
