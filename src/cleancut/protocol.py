@@ -5,9 +5,10 @@ Replies   ``{"v": 1, "id": 7, "ok": true, "result": {...}}`` or
           ``{"v": 1, "id": 7, "ok": false, "error": {"kind": "FreezeError", "message": "..."}}``
 Events    ``{"v": 1, "event": "progress", "data": {...}}`` (any number, before the reply)
 
-The operations, in the order a cut uses them: ``hello``, ``plan`` (dry run), ``prepare``,
-``freeze``, ``snapshot``, ``thaw``, ``upload``, ``release``, ``bye``. A guest refuses an
-operation out of order, so a confused coordinator cannot, say, upload before a thaw.
+The operations, in the order a cut uses them: ``hello``, ``clock`` (any number of times:
+the guest's time, for the clock offset), ``plan`` (dry run), ``prepare``, ``freeze``,
+``snapshot``, ``thaw``, ``upload``, ``release``, ``bye``. A guest refuses an operation out
+of order, so a confused coordinator cannot, say, upload before a thaw.
 
 Every request's arguments are validated by a model of that operation (:data:`ARGUMENTS`)
 before anything is done with them: numbers must be finite (JSON's ``NaN`` and
@@ -27,7 +28,18 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, Validation
 from cleancut.errors import ProtocolError
 
 PROTOCOL_VERSION = 1
-OPERATIONS = ("hello", "plan", "prepare", "freeze", "snapshot", "thaw", "upload", "release", "bye")
+OPERATIONS = (
+    "hello",
+    "clock",
+    "plan",
+    "prepare",
+    "freeze",
+    "snapshot",
+    "thaw",
+    "upload",
+    "release",
+    "bye",
+)
 
 #: A recovery point id as :func:`cleancut.manifest.new_rp_id` makes them; it names folders
 #: and reaches hooks' environments, so nothing else is accepted.
@@ -43,7 +55,7 @@ class Arguments(BaseModel):
 
 
 class NoArguments(Arguments):
-    """prepare, snapshot, thaw, release and bye take no arguments."""
+    """clock, prepare, snapshot, thaw, release and bye take no arguments."""
 
 
 class HelloArgs(Arguments):
@@ -86,6 +98,7 @@ class UploadArgs(Arguments):
 
 ARGUMENTS: dict[str, type[Arguments]] = {
     "hello": HelloArgs,
+    "clock": NoArguments,
     "plan": PlanArgs,
     "prepare": NoArguments,
     "freeze": FreezeArgs,

@@ -325,7 +325,7 @@ def test_wrong_envelope_version_and_garbage_are_answered(
     assert reply["error"]["kind"] == "ProtocolError"
     assert "not a protocol message" in reply["error"]["message"]
     error = wire.refused("format-disk")
-    assert error["message"].startswith("unknown operation (valid: hello, plan,")
+    assert error["message"].startswith("unknown operation (valid: hello, clock, plan,")
     assert "format-disk" not in error["message"]  # nothing a request carried is echoed
     wire.ok("hello", HELLO)  # still serving
 

@@ -36,6 +36,7 @@ from cleancut.transport import Channel, open_channel
 EventSink = Callable[[str, dict[str, Any]], None]
 
 _HELLO_TIMEOUT = 120.0
+_CLOCK_ROUNDS = 3
 #: What a phase may take beyond the bounds the guest's hooks and deadline give it.
 _SLACK = 30.0
 #: A writer's slow preparation (a checkpoint) and the providers' set-up, per host.
@@ -86,6 +87,7 @@ class Coordinator:
         self.release_problems: list[str] = []
         #: each host's answer to release
         self.releases: dict[str, dict[str, Any]] = {}
+        self._sent: dict[str, set[str]] = {}
 
     # -- plumbing ----------------------------------------------------------------------
 
@@ -102,6 +104,7 @@ class Coordinator:
         timeout: Timeout,
         on_event: Callable[[str], Any] | None = None,
         keep: Callable[[str, dict[str, Any]], None] | None = None,
+        announce: bool = True,
     ) -> dict[str, dict[str, Any]]:
         """``op`` on every host in parallel; returns when all answered (the barrier).
 
@@ -113,7 +116,8 @@ class Coordinator:
         caller at once, and an abandoned call never keeps the process from exiting.
         """
         started = time.time()
-        self.on_event("phase", {"phase": op, "state": "start", "rp": self.rp_id})
+        if announce:
+            self.on_event("phase", {"phase": op, "state": "start", "rp": self.rp_id})
         results: dict[str, dict[str, Any]] = {}
         errors: dict[str, BaseException] = {}
         pending = [len(self.channels)]
@@ -124,6 +128,7 @@ class Coordinator:
                 sink = on_event(name) if on_event else None
                 bound = timeout(name) if callable(timeout) else timeout
                 sent = time.time()
+                self._sent.setdefault(name, set()).add(op)
                 results[name] = self.channels[name].call(
                     op, args(name) if args else {}, timeout=bound, on_event=sink
                 )
@@ -145,9 +150,9 @@ class Coordinator:
         for name in self.channels:  # the first host in the config's order that failed
             if name in errors:
                 raise errors[name]
-        self.on_event(
-            "phase", {"phase": op, "state": "done", "seconds": round(time.time() - started, 4)}
-        )
+        if announce:
+            seconds = round(time.time() - started, 4)
+            self.on_event("phase", {"phase": op, "state": "done", "seconds": seconds})
         return results
 
     def _keep(self, phase: str) -> Callable[[str, dict[str, Any]], None]:
@@ -189,13 +194,23 @@ class Coordinator:
             timeout=_HELLO_TIMEOUT,
         )
         for name, answer in answers.items():
-            report = self.reports[name]
-            report.hello = answer
-            # NTP's estimate from this host's own round trip: the guest stamps when the
-            # request arrived and when it answered, so its hello's work does not count
-            sent, received = self._round_trip[name]
-            arrived, answered = float(answer["received_at"]), float(answer["time"])
-            report.clock_offset = ((arrived - sent) + (answered - received)) / 2
+            self.reports[name].hello = answer
+        self._measure_clocks()
+
+    def _measure_clocks(self, rounds: int = _CLOCK_ROUNDS) -> None:
+        """Each host's clock offset, NTP's way, from the quickest of a few ``clock`` round
+        trips made once every guest is up: hello's own round trip includes the guest's
+        start-up on the way there but not on the way back, which skews it by half of that."""
+        best: dict[str, tuple[float, float]] = {}
+        for _ in range(rounds):
+            answers = self._all("clock", timeout=_HELLO_TIMEOUT, announce=False)
+            for name, answer in answers.items():
+                sent, received = self._round_trip[name]
+                offset = protocol.finite(float(answer["time"])) - (sent + received) / 2
+                if name not in best or received - sent < best[name][0]:
+                    best[name] = (received - sent, offset)
+        for name, (_rtt, offset) in best.items():
+            self.reports[name].clock_offset = offset
 
     def _release_all(self) -> None:
         """Every host at once: thaw, end holds, post-scripts, delete snapshots; then bye.
@@ -218,7 +233,9 @@ class Coordinator:
             except CleancutError as exc:
                 self.release_problems.append(f"host {name}: release: {exc.message}")
                 if report is not None:
-                    report.thaw.setdefault("not_run", []).extend(_owed_posts(report, exc.message))
+                    prepared = "prepare" in self._sent.get(name, set())
+                    owed = _owed_posts(report, exc.message, prepare_sent=prepared)
+                    report.thaw.setdefault("not_run", []).extend(owed)
             finally:
                 channel.close(wait=self._post_bound(name))
 
@@ -440,13 +457,19 @@ class _Background:
         return self._value
 
 
-def _owed_posts(report: HostReport, why: str) -> list[dict[str, str]]:
-    """Post-scripts whose pre-script ran on a host that can no longer run them, and why."""
+def _owed_posts(report: HostReport, why: str, *, prepare_sent: bool) -> list[dict[str, str]]:
+    """Post-scripts whose pre-script ran (or may have: the host went away during prepare)
+    on a host that can no longer run them, and why."""
     ran = {run.get("hook") for run in report.thaw.get("hooks", []) if run.get("phase") == "post"}
-    owed = [run.get("hook") for run in report.pre_hooks if run.get("hook") not in ran]
-    posts = {
-        hook["name"]
-        for hook in report.hello.get("inventory", {}).get("hooks", [])
-        if hook.get("post")
-    }
-    return [{"hook": str(name), "why": f"not run: {why}"} for name in owed if name in posts]
+    hooks = report.hello.get("inventory", {}).get("hooks", [])
+    if report.prepare:
+        started = {run.get("hook") for run in report.pre_hooks}
+    elif prepare_sent:
+        started = {hook.get("name") for hook in hooks if hook.get("pre")}
+    else:
+        started = set()
+    return [
+        {"hook": str(hook["name"]), "why": f"was not run: {why}"}
+        for hook in hooks
+        if hook.get("post") and hook.get("name") in started and hook.get("name") not in ran
+    ]

@@ -282,6 +282,14 @@ def post_script_failures(reports: Iterable[HostReport]) -> list[str]:
             if not run.get("ok")
         ]
         reported = {run.get("hook") for run in posts}
+        for missing in report.thaw.get("not_run", []):
+            name = missing.get("hook")
+            if name not in reported:
+                reported.add(name)
+                warnings.append(
+                    f"host {report.host}: post-script {name} {missing.get('why')}; "
+                    "the application may still be quiesced"
+                )
         warnings += [
             f"host {report.host}: post-script {name}: no result reached the coordinator "
             "(not run, or its host's thaw and release replies were lost); "

@@ -152,6 +152,8 @@ class GuestAgent:
             return self._hello(args)
         if op == "bye":
             return {}
+        if op == "clock":
+            return {"time": time.time()}
         session = self.session
         if session is None:
             raise ProtocolError(f"{op!r} before hello")

@@ -411,11 +411,11 @@ class Freezer:
             fs.state = "thawed"
             self._cond.notify_all()
 
-    def cancel(self) -> None:
+    def cancel(self, wait: float = THAW_WAIT) -> None:
         """Thaw, and refuse every later freeze of this freezer (the deadline passed)."""
         with self._cond:
             self._cancelled = True
-        self.thaw()
+        self.thaw(wait)
 
     def __enter__(self) -> Freezer:
         self.open()

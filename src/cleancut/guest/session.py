@@ -33,6 +33,9 @@ from cleancut.system.mounts import mount_of
 
 Emit = Callable[[str, dict[str, Any]], None]
 
+#: How long the watchdog's thaw waits for hanging ioctls before it ends the other holds.
+_QUICK_THAW = 0.5
+
 #: The most a coordinator may ask a guest to hold when its guest.toml does not say.
 DEFAULT_MAX_FREEZE_TIMEOUT = 60.0
 
@@ -305,19 +308,18 @@ class GuestSession:
                 self.watchdog.settle()  # from here on it never fires
             thaw_started_at = time.time()
             errors: list[str] = []
-            if self.freezer is not None:
-                try:
-                    if reason is None:
-                        self.freezer.thaw()
-                    else:
-                        self.freezer.cancel()
-                except FreezeError as exc:
-                    errors.append(exc.message)
-            thawed_at = (self.freezer.thawed_at if self.freezer else None) or time.time()
             if reason is None:
+                _attempt_thaw(errors, self.freezer, lambda f: f.thaw())
                 self.writers.release()
             else:
+                # a hanging ioctl must not keep the databases held: thaw what thaws at once,
+                # end the holds, then give the rest its time
+                _attempt_thaw(errors, self.freezer, lambda f: f.cancel(wait=_QUICK_THAW))
                 self.writers.abort(f"the holds ended by themselves ({reason})")
+                if self.freezer is not None and self.freezer.frozen:
+                    errors.clear()
+                    _attempt_thaw(errors, self.freezer, lambda f: f.thaw())
+            thawed_at = (self.freezer.thawed_at if self.freezer else None) or time.time()
             hold_ended_at = time.time()
             if self._stall_from is not None:
                 self._stall_until = time.monotonic()
@@ -428,6 +430,17 @@ class GuestSession:
             "not_run": self.hooks.not_run(),
             "errors": errors,
         }
+
+
+def _attempt_thaw(
+    errors: list[str], freezer: Freezer | None, thaw: Callable[[Freezer], object]
+) -> None:
+    if freezer is None:
+        return
+    try:
+        thaw(freezer)
+    except FreezeError as exc:
+        errors.append(exc.message)
 
 
 def _attempt(errors: list[str], step: Callable[[], Any]) -> Any:

@@ -18,8 +18,8 @@ from cleancut.transport.base import Channel, EventCallback
 class SkewedGuest(Channel):
     """A channel whose guest clock runs ``skew`` seconds ahead and whose hello takes ``work``."""
 
-    def __init__(self, host: str, skew: float, work: float) -> None:
-        self.host, self.skew, self.work = host, skew, work
+    def __init__(self, host: str, skew: float, work: float, startup: float = 0.0) -> None:
+        self.host, self.skew, self.work, self.startup = host, skew, work, startup
 
     def call(
         self,
@@ -29,6 +29,11 @@ class SkewedGuest(Channel):
         timeout: float | None = None,
         on_event: EventCallback | None = None,
     ) -> dict[str, Any]:
+        if self.startup:  # the guest is still starting when the first request is sent
+            time.sleep(self.startup)
+            self.startup = 0.0
+        if op == "clock":
+            return {"time": time.time() + self.skew}
         received_at = time.time() + self.skew
         time.sleep(self.work)
         return {"received_at": received_at, "time": time.time() + self.skew, "inventory": {}}
@@ -37,7 +42,7 @@ class SkewedGuest(Channel):
         return None
 
 
-def test_offsets_ignore_how_long_each_hello_worked() -> None:
+def test_offsets_ignore_how_long_each_hello_worked_and_each_guest_took_to_start() -> None:
     config = AppConfig.model_validate(
         {
             "name": "clock",
@@ -48,7 +53,10 @@ def test_offsets_ignore_how_long_each_hello_worked() -> None:
             },
         }
     )
-    guests = {"slow": SkewedGuest("slow", 50.0, 0.4), "fast": SkewedGuest("fast", -3.0, 0.0)}
+    guests = {
+        "slow": SkewedGuest("slow", 50.0, 0.4, startup=0.5),
+        "fast": SkewedGuest("fast", -3.0, 0.0, startup=0.1),
+    }
     coordinator = Coordinator(
         LoadedApp(config, Path("/etc/clock.toml")),
         access=RepositoryAccess("/nowhere", "pw"),
