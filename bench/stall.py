@@ -57,11 +57,10 @@ from cleancut.errors import CleancutError
 from cleancut.guest.mounts import loop_backing_file
 from cleancut.mover.restic import ResticMover
 from cleancut.providers.ficlone import filesystem_of
+from cleancut.system.ioctls import FIFREEZE, FITHAW
 
 #: Load written between the settling freeze and each measured cut (see HandCut.settle).
 SETTLE_SECONDS = 1.0
-FIFREEZE = 0xC0045877
-FITHAW = 0xC0045878
 
 HOOKS = "cleancut (hooks)"
 PLAIN = "cleancut, no application hook"

@@ -19,7 +19,7 @@ from typing import Any
 from cleancut import __version__, protocol, signals
 from cleancut.catalog import Catalog
 from cleancut.config.load import LoadedApp
-from cleancut.coordinator.manifest import build_manifest
+from cleancut.coordinator.assemble import build_manifest
 from cleancut.coordinator.policy import (
     HostReport,
     blocking_hook_failures,

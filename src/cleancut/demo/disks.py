@@ -26,10 +26,10 @@ from types import TracebackType
 from typing import Literal
 
 from cleancut.errors import ProviderError
+from cleancut.system.ioctls import FITHAW
 
 FsType = Literal["ext4", "xfs", "btrfs"]
 
-FITHAW = 0xC0045878
 XFS_MIN_MIB = 300
 BTRFS_MIXED_BELOW_MIB = 256
 

@@ -72,6 +72,8 @@ class GuestAgent:
                 if line.strip():
                     if _is_release(line):
                         self._stop_holds("release asked by the coordinator")
+                        if self.session is not None:
+                            self.session.cancel_upload()
                     self._inbox.put(line)
         except (OSError, ValueError):
             pass
@@ -79,6 +81,8 @@ class GuestAgent:
         session = self.session
         if session is not None and session.watchdog is not None:
             session.watchdog.input_closed()
+        if session is not None:
+            session.cancel_upload()  # nobody will commit it
         self._inbox.put(_EOF)
 
     def _stop_holds(self, reason: str) -> None:

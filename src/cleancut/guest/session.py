@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from cleancut.config.guest import GuestConfig
-from cleancut.errors import CleancutError, FreezeError, MoverError, ProtocolError
+from cleancut.errors import CleancutError, FreezeError, HostFailed, MoverError, ProtocolError
 from cleancut.guest.freezer import Freezer
 from cleancut.guest.hooks import collect_hooks
 from cleancut.guest.hooks_phase import HookPhases
@@ -75,6 +75,7 @@ class GuestSession:
         self._ended: dict[str, Any] | None = None
         self._stall_from: float | None = None  # monotonic, the first writer hold or FIFREEZE
         self._stall_until: float | None = None
+        self._upload_cancelled = threading.Event()
 
     # -- phase bookkeeping -------------------------------------------------------------
 
@@ -351,6 +352,8 @@ class GuestSession:
         for name, snap in self.snapshots.items():
 
             def progress(figures: dict[str, Any], resource: str = name) -> None:
+                if self._upload_cancelled.is_set():  # raising here stops restic (SIGINT)
+                    raise HostFailed(f"upload of {resource} cancelled: release was asked for")
                 emit("progress", {"resource": resource, **figures})
 
             tags = self._tags(args.app, args.host, name)
@@ -372,6 +375,10 @@ class GuestSession:
             }
         self.phase = "upload"
         return {"uploads": uploads}
+
+    def cancel_upload(self) -> None:
+        """Stop an upload in progress at restic's next progress report (any thread)."""
+        self._upload_cancelled.set()
 
     def _tags(self, app: str, host: str, resource: str) -> dict[str, str]:
         return {"cleancut": "", "app": app, "rp": self.rp_id, "host": host, "resource": resource}

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from cleancut.coordinator.manifest import build_manifest
+from cleancut.coordinator.assemble import build_manifest
 from cleancut.coordinator.policy import (
     HostReport,
     MemberVerdict,
