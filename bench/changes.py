@@ -10,8 +10,9 @@ restic upload time:
 
 1. first backup (no parent);
 2. second backup after an ordinary change of 1 % of the files: the fast path (size and
-   mtime trusted), and the same staged copy uploaded again without the ignore flags (what
-   every upload of a copy would cost if the provider could not vouch);
+   mtime trusted); then the same snapshot uploaded again with the provider's options and
+   without the ignore flags (what every upload of a copy would cost if the provider could
+   not vouch), from a warm and from a cold page cache;
 3. third backup after one file was rewritten with its size and mtime kept (``touch -r``):
    the provider refuses the fast path, restic reads everything.
 
@@ -24,6 +25,7 @@ import argparse
 import os
 import random
 import shutil
+import statistics
 import subprocess
 import time
 from collections.abc import Callable
@@ -39,6 +41,7 @@ from cleancut.providers.base import Provider, UploadOptions
 from cleancut.providers.changes import RACY_NS
 
 SEED = 20261202
+ROUNDS = 3
 MIB = 1024 * 1024
 T = TypeVar("T")
 
@@ -71,10 +74,12 @@ def timed(step: Callable[[], T]) -> tuple[T, float]:
 
 
 def run_backup(
-    provider: Provider, mover: ResticMover, rp_id: str, parent: str | None, *, again: bool = False
+    provider: Provider, mover: ResticMover, rp_id: str, parent: str | None, *, compare: bool = False
 ) -> tuple[list[list[str]], str]:
-    """One backup through ``provider``: rows of figures (a second, full-read upload of the
-    same snapshot when ``again``) and the snapshot id the provider recorded."""
+    """One backup through ``provider``: rows of figures and the snapshot id the provider
+    recorded. With ``compare`` the same snapshot is uploaded again, :data:`ROUNDS` times
+    each, with the provider's options and without the ignore flags, from a warm page cache
+    and from a cold one (the staged files evicted); the median is shown."""
     provider.check()
     provider.prepare(rp_id)
     rows = []
@@ -84,13 +89,41 @@ def run_backup(
         upload, upload_s = timed(lambda: _upload(mover, snap.path, options))
         _, record_s = timed(lambda: provider.uploaded(upload.snapshot_id))
         rows.append(_row(rp_id, snap_s, decide_s, record_s, upload_s, options, upload, provider))
-        if again:
+        if compare:
             full = UploadOptions(parent, reason="the same snapshot without the ignore flags")
-            upload2, upload2_s = timed(lambda: _upload(mover, snap.path, full))
-            rows.append(_row(rp_id + " again", 0.0, 0.0, 0.0, upload2_s, full, upload2, None))
+            for label, opts in (("as decided", options), ("full compare", full)):
+                for cache in ("warm", "cold"):
+                    times = []
+                    for _ in range(ROUNDS):
+                        if cache == "cold":
+                            evict(snap.path)
+                        started = time.monotonic()
+                        again = _upload(mover, snap.path, opts)
+                        seconds = time.monotonic() - started
+                        times.append(seconds)
+                    name = f"  {rp_id} again, {label}, {cache} cache"
+                    rows.append(_row(name, 0, 0, 0, statistics.median(times), opts, again, None))
     finally:
         provider.release()
     return rows, upload.snapshot_id
+
+
+#: the disk images under the snapshots (loop devices stack: a file read from a mounted
+#: image is cached again as the image's pages), evicted with them for a cold read
+BACKING: list[Path] = []
+
+
+def evict(tree: Path) -> None:
+    """Drop the page cache of every file under ``tree`` and of :data:`BACKING` (these files
+    only: nothing else on the machine is touched)."""
+    os.sync()
+    for path in [*tree.rglob("*"), *BACKING]:
+        if path.is_file() and not path.is_symlink():
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+            finally:
+                os.close(fd)
 
 
 def _upload(mover: ResticMover, path: Path, options: UploadOptions) -> Upload:
@@ -121,9 +154,9 @@ def _row(
         flags = "no parent"
     return [
         label,
-        f"{snap_s:.2f} s",
-        f"{decide_s * 1000:.0f} ms",
-        f"{record_s * 1000:.0f} ms",
+        f"{snap_s:.2f} s" if provider else "",
+        f"{decide_s * 1000:.0f} ms" if provider else "",
+        f"{record_s * 1000:.0f} ms" if provider else "",
         size,
         flags,
         f"{upload_s:.2f} s",
@@ -150,7 +183,7 @@ def series(
     rows, parent = run_backup(provider_for(), mover, "rp-1", None)
     change_one_percent(files)
     time.sleep(2 * RACY_NS / 1e9)
-    more, parent = run_backup(provider_for(), mover, "rp-2", parent, again=True)
+    more, parent = run_backup(provider_for(), mover, "rp-2", parent, compare=True)
     rows += more
     rewrite_keeping_mtime(sorted(files.rglob("*.bin"))[7])
     time.sleep(2 * RACY_NS / 1e9)
@@ -183,6 +216,7 @@ def main(argv: list[str] | None = None) -> int:
             ext4 = ds.add_disk("ext4", root / "ext4", disk_mib, "ext4")
             btrfs = ds.add_disk("btrfs", root / "btrfs", disk_mib, "btrfs")
             subprocess.run(["btrfs", "subvolume", "create", str(btrfs.mountpoint / "data")])
+            BACKING.extend([ext4.image, btrfs.image, ds.image])
             written = fill(ext4.mountpoint, args.files, args.mib)
             fill(btrfs.mountpoint / "data", args.files, args.mib)
             say(f"tree: {args.files} files, {written / MIB:.0f} MiB")

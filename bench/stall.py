@@ -54,10 +54,10 @@ from cleancut.coordinator.repository import repository_access
 from cleancut.demo import workspace
 from cleancut.demo.shop import RESOURCES, LoadGenerator, receipt_name
 from cleancut.errors import CleancutError
-from cleancut.guest.mounts import loop_backing_file
 from cleancut.mover.restic import ResticMover
 from cleancut.providers.ficlone import filesystem_of
 from cleancut.system.ioctls import FIFREEZE, FITHAW
+from cleancut.system.mounts import loop_backing_file
 
 #: Load written between the settling freeze and each measured cut (see HandCut.settle).
 SETTLE_SECONDS = 1.0

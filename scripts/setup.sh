@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-PACKAGES=(restic xfsprogs btrfs-progs e2fsprogs sqlite3 util-linux python3-venv)
+PACKAGES=(restic xfsprogs btrfs-progs e2fsprogs sqlite3 util-linux python3-venv acl libcap2-bin)
 PY=${PYTHON:-python3}
 
 missing=()

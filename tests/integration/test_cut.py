@@ -231,7 +231,8 @@ def test_dry_run_touches_nothing(datastore: Datastore, trusted_dir: Path) -> Non
 
     assert done.returncode == 0, done.stderr
     assert "FIFREEZE" in done.stdout
-    assert "restic -r" in done.stdout and "backup --json" in done.stdout
+    assert "RESTIC_REPOSITORY=" in done.stdout and "restic backup --json" in done.stdout
+    assert "restic -r" not in done.stdout  # the URL may hold credentials: never on argv
     assert "correct horse" not in done.stdout
     assert not app.repository.exists()
     assert not app.catalog.exists()

@@ -11,6 +11,7 @@ import pytest
 from cleancut.config.load import load_guest
 from cleancut.demo.disks import Datastore
 from cleancut.guest.session import GuestSession
+from cleancut.protocol import HelloArgs
 from tests.integration.cutlib import image_volume, make_db, sqlite_db, write_private
 
 pytestmark = pytest.mark.root
@@ -36,7 +37,7 @@ def test_frozen_section_imports_and_opens_nothing(datastore: Datastore, trusted_
         image_volume("data", disk) + sqlite_db("a", disk / "a.db", "data"),
     )
     session = GuestSession(load_guest(guest), guest)
-    session.hello("rp-frozen", 10.0)
+    session.hello(HelloArgs(protocol=1, rp_id="rp-frozen", freeze_timeout=10.0))
     session.prepare()
     modules_before = set(sys.modules)
     _OPENED.clear()

@@ -18,14 +18,21 @@ from pathlib import Path
 from typing import Any
 
 from cleancut.config.guest import GuestConfig
-from cleancut.errors import CleancutError, FreezeError, HostFailed, MoverError, ProtocolError
+from cleancut.errors import (
+    CleancutError,
+    FreezeError,
+    HostFailed,
+    MoverError,
+    ProtocolError,
+    ProviderError,
+)
 from cleancut.guest.freezer import Freezer
 from cleancut.guest.hooks import collect_hooks
 from cleancut.guest.hooks_phase import HookPhases
 from cleancut.guest.watchdog import Watchdog
 from cleancut.guest.writer_set import WriterSet
+from cleancut.mover import make_mover
 from cleancut.mover.base import RepositoryAccess
-from cleancut.mover.restic import ResticMover
 from cleancut.protocol import FreezeArgs, HelloArgs, PlanArgs, UploadArgs
 from cleancut.providers import make_provider, snapshot_all
 from cleancut.providers.base import Provider, Snapshot
@@ -347,7 +354,7 @@ class GuestSession:
         A parent the repository no longer has only costs a full read, never the upload.
         """
         self.enter("upload")
-        mover = ResticMover(RepositoryAccess(args.repository.url, args.repository.password))
+        mover = make_mover(RepositoryAccess(args.repository.url, args.repository.password))
         uploads: dict[str, Any] = {}
         for name, snap in self.snapshots.items():
 
@@ -357,21 +364,37 @@ class GuestSession:
                 emit("progress", {"resource": resource, **figures})
 
             tags = self._tags(args.app, args.host, name)
-            parent = args.parents.get(name)
+            provider = self.providers[name]
+            # the provider that took the snapshot knows when restic may skip unchanged files
+            options = provider.upload_options(args.parents.get(name))
             try:
                 result = mover.backup(
-                    snap.path, host=args.host, tags=tags, progress=progress, parent=parent
+                    snap.path,
+                    host=args.host,
+                    tags=tags,
+                    progress=progress,
+                    parent=options.parent,
+                    ignore_inode=options.ignore_inode,
+                    ignore_ctime=options.ignore_ctime,
                 )
             except MoverError:
-                if parent is None:
-                    raise
+                if options.parent is None:
+                    raise  # a parent the repository lost only costs a full read
                 result = mover.backup(snap.path, host=args.host, tags=tags, progress=progress)
+            warning = None
+            try:
+                provider.uploaded(result.snapshot_id)
+            except ProviderError as exc:  # losing the record only costs a full read next time
+                warning = exc.message
             uploads[name] = {
                 "snapshot_id": result.snapshot_id,
                 "bytes_processed": result.bytes_processed,
                 "bytes_added": result.bytes_added,
                 "files": result.files,
+                "files_unmodified": result.files_unmodified,
                 "seconds": result.seconds,
+                "change_detection": options.reason,
+                "record_warning": warning,
             }
         self.phase = "upload"
         return {"uploads": uploads}
@@ -397,7 +420,7 @@ class GuestSession:
         for name, provider in self.providers.items():
             steps.append(f"snapshot: {provider.kind} snapshot of volume {name}")
         steps.append("thaw: FITHAW in reverse order; writers release; post-scripts")
-        mover = ResticMover(RepositoryAccess(args.repository, ""))
+        mover = make_mover(RepositoryAccess(args.repository, ""))
         for name, volume in self.config.volumes.items():
             tags = self._tags(args.app, args.host, name)
             line = mover.preview_backup(volume.path, args.host, tags)

@@ -19,7 +19,8 @@ ProgressCallback = Callable[[dict[str, Any]], None]
 
 @dataclass(frozen=True)
 class RepositoryAccess:
-    """Where the repository is and the password that opens it (never put on a command line)."""
+    """Where the repository is and the password that opens it; neither is ever put on a
+    command line (a URL may hold credentials: ``rest:https://user:pass@host/``)."""
 
     url: str
     password: str
@@ -37,6 +38,10 @@ class Upload:
     bytes_added: int
     files: int
     seconds: float
+    #: of ``files``: new paths, changed files (read again), unmodified (equal to the parent)
+    files_new: int = 0
+    files_changed: int = 0
+    files_unmodified: int = 0
 
 
 @dataclass(frozen=True)
@@ -66,10 +71,15 @@ class Mover(abc.ABC):
         tags: dict[str, str],
         progress: ProgressCallback | None = None,
         parent: str | None = None,
+        ignore_inode: bool = False,
+        ignore_ctime: bool = False,
     ) -> Upload:
         """Back up a file or a tree; the repository stores it relative to ``source``.
 
-        ``parent`` names the resource's previous snapshot, so unchanged files are skipped.
+        ``parent`` names the resource's previous snapshot: a file whose size, mtime, inode
+        and ctime all match it is taken from it unread. ``ignore_inode`` / ``ignore_ctime``
+        drop those two from the comparison; only the snapshot's provider can tell when that
+        is safe (:meth:`cleancut.providers.base.Provider.upload_options`).
         """
 
     @abc.abstractmethod
@@ -81,6 +91,11 @@ class Mover(abc.ABC):
     @abc.abstractmethod
     def describe_backup_bytes(self, filename: str, host: str, tags: Mapping[str, str]) -> list[str]:
         """The command :meth:`backup_bytes` would run, for ``--dry-run``; no secrets in it."""
+
+    @abc.abstractmethod
+    def preview_backup(self, source: Path, host: str, tags: Mapping[str, str]) -> str:
+        """The command :meth:`backup` of ``source`` would run, as one shell line with its
+        working folder, for ``--dry-run``; no secrets in it."""
 
     @abc.abstractmethod
     def describe_init(self) -> list[str]:

@@ -4,9 +4,13 @@ Written against restic 0.14 (Debian 12), so it uses no flag newer than that: ``b
 reports JSON progress, ``restore`` does not (0.14 prints plain text for it), and restic
 fails at once on a locked repository (``--retry-lock`` came later).
 
-Secrets stay off command lines: the password reaches restic only through the child's
-environment (``RESTIC_PASSWORD``), and the child's environment is built from scratch, so
-a ``RESTIC_PASSWORD_FILE`` or ``RESTIC_REPOSITORY`` of the caller cannot redirect it.
+Secrets stay off command lines, which every user of the machine can read (``ps``,
+``/proc/PID/cmdline``): the repository — whose URL may hold credentials, as in
+``rest:https://user:pass@host/`` — and the password reach restic only through the child's
+environment (``RESTIC_REPOSITORY``, ``RESTIC_PASSWORD``), readable by its owner alone. The
+child's environment is built from scratch, so a ``RESTIC_PASSWORD_FILE`` or
+``RESTIC_REPOSITORY`` of the caller cannot redirect it. The commands shown for
+``--dry-run`` and in errors say so: ``RESTIC_REPOSITORY=<masked url> restic ...``.
 restic never inherits our stdin or stdout: the guest agent speaks its protocol on them.
 
 Snapshot ids are restic's short ids (8 hex digits), the form restic's own backup summary
@@ -95,30 +99,27 @@ class ResticMover(Mover):
     # -- commands -------------------------------------------------------------------
 
     def describe_backup(self, source: Path, host: str, tags: Mapping[str, str]) -> list[str]:
-        """The argv :meth:`backup` would run (for ``--dry-run``); it runs in :meth:`backup_cwd`.
+        """The command :meth:`backup` would run (for ``--dry-run``), in :meth:`backup_cwd`.
 
-        It holds no password; a password inside the repository URL is masked.
+        Its first word is the environment it gets, ``RESTIC_REPOSITORY=<url>`` with any
+        password in the URL masked; restic's argv follows, which holds no secret.
         """
         argv, _ = self._backup_argv(source, host, tags)
-        argv[2] = redact_url(argv[2])
-        return argv
+        return [self._repository_word(), *argv]
 
     def describe_backup_bytes(self, filename: str, host: str, tags: Mapping[str, str]) -> list[str]:
-        """The argv :meth:`backup_bytes` would run (for ``--dry-run``), URL masked."""
-        argv = self._backup_bytes_argv(filename, host, tags)
-        argv[2] = redact_url(argv[2])
-        return argv
+        """The command :meth:`backup_bytes` would run (for ``--dry-run``), URL masked."""
+        return [self._repository_word(), *self._backup_bytes_argv(filename, host, tags)]
 
     def describe_init(self) -> list[str]:
-        """The argv that initialises the repository (for ``--dry-run``), URL masked."""
-        argv = [*self._base(), "init"]
-        argv[2] = redact_url(argv[2])
-        return argv
+        """The command that initialises the repository (for ``--dry-run``), URL masked."""
+        return [self._repository_word(), *self._base(), "init"]
 
     def preview_backup(self, source: Path, host: str, tags: Mapping[str, str]) -> str:
         """:meth:`describe_backup` as one shell line that includes the working directory."""
         cwd = shlex.quote(str(self.backup_cwd(source)))
-        return f"cd {cwd} && {shlex.join(self.describe_backup(source, host, tags))}"
+        argv, _ = self._backup_argv(source, host, tags)
+        return f"cd {cwd} && {self._show(argv)}"
 
     @staticmethod
     def backup_cwd(source: Path) -> Path:
@@ -148,16 +149,23 @@ class ResticMover(Mover):
         tags: dict[str, str],
         progress: ProgressCallback | None = None,
         parent: str | None = None,
+        ignore_inode: bool = False,
+        ignore_ctime: bool = False,
     ) -> Upload:
         """Back up a tree (stored from its root) or one file (stored under its name).
 
-        With ``parent`` (the same resource's previous snapshot) restic skips files whose
-        size and mtime are unchanged. Snapshots are clones or copies, new files every time,
-        so inode and ctime always differ and are not compared.
+        With ``parent`` (the same resource's previous snapshot) restic takes a file from
+        it unread when size, mtime, inode and ctime match; ``ignore_inode`` and
+        ``ignore_ctime`` leave those out of the comparison, for a snapshot whose provider
+        vouches that size and mtime tell every change (a copy's inode and ctime are new
+        each time). Without a parent the ignore flags mean nothing and are not passed.
         """
         argv, cwd = self._backup_argv(source, host, tags)
         if parent is not None:
-            argv[-1:-1] = ["--parent", parent, "--ignore-inode", "--ignore-ctime"]
+            flags = ["--parent", parent]
+            flags += ["--ignore-inode"] if ignore_inode else []
+            flags += ["--ignore-ctime"] if ignore_ctime else []
+            argv[-1:-1] = flags
         reader = _BackupOutput(progress)
         returncode, stderr = self._stream(argv, cwd, reader.line)
         if returncode != 0:
@@ -210,7 +218,8 @@ class ResticMover(Mover):
     # -- plumbing -------------------------------------------------------------------
 
     def _base(self) -> list[str]:
-        argv = [self.restic, "-r", self.access.url]
+        # no repository here: it goes in RESTIC_REPOSITORY (see _env), never on argv
+        argv = [self.restic]
         if self.cache_dir is not None:
             argv += ["--cache-dir", str(self.cache_dir)]
         return argv
@@ -239,6 +248,7 @@ class ResticMover(Mover):
         if "TMPDIR" in os.environ:
             env["TMPDIR"] = os.environ["TMPDIR"]
         env.update(self.extra_env)
+        env["RESTIC_REPOSITORY"] = self.access.url
         env["RESTIC_PASSWORD"] = self.access.password
         return env
 
@@ -307,7 +317,7 @@ class ResticMover(Mover):
             raise MoverError(
                 f"the repository {self._url()} is locked by another restic process: {message}. "
                 "Wait for it to finish; if it is gone, remove the stale lock with "
-                f"`restic -r {self._url()} unlock` (command: {command})"
+                f"`{self._show([self.restic, 'unlock'])}` (command: {command})"
             )
         if "wrong password" in lowered:
             raise MoverError(
@@ -324,10 +334,12 @@ class ResticMover(Mover):
     def _url(self) -> str:
         return redact_url(self.access.url)
 
+    def _repository_word(self) -> str:
+        return f"RESTIC_REPOSITORY={self._url()}"
+
     def _show(self, argv: list[str]) -> str:
-        shown = list(argv)
-        shown[2] = self._url()
-        return shlex.join(shown)
+        """``argv`` as the shell line that runs it: the repository (masked) in front."""
+        return f"RESTIC_REPOSITORY={shlex.quote(self._url())} {shlex.join(argv)}"
 
 
 class _BackupOutput:
@@ -365,6 +377,9 @@ class _BackupOutput:
             bytes_added=int(summary.get("data_added", 0)),
             files=int(summary.get("total_files_processed", 0)),
             seconds=float(summary.get("total_duration", 0.0)),
+            files_new=int(summary.get("files_new", 0)),
+            files_changed=int(summary.get("files_changed", 0)),
+            files_unmodified=int(summary.get("files_unmodified", 0)),
         )
 
 

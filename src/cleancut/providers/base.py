@@ -3,6 +3,17 @@
 A provider never knows about databases or hooks (that is the writers' axis); the guest
 agent composes them. ``snapshot()`` runs while the volume's file system may be frozen,
 so it must not write inside that file system, import modules or log to disk.
+
+A provider also knows what its snapshots are made of, so it decides how the mover may
+compare a snapshot with the previous one (:meth:`Provider.upload_options`), and it is told
+which repository snapshot each upload became (:meth:`Provider.uploaded`). The guest calls,
+per volume, after the thaw::
+
+    options = provider.upload_options(parent)          # parent: the previous snapshot id
+    upload = mover.backup(path, ..., parent=options.parent,
+                          ignore_inode=options.ignore_inode,
+                          ignore_ctime=options.ignore_ctime)
+    provider.uploaded(upload.snapshot_id)              # a ProviderError here is a warning
 """
 
 from __future__ import annotations
@@ -13,6 +24,22 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 from cleancut.config.guest import Volume
+
+
+@dataclass(frozen=True)
+class UploadOptions:
+    """How the mover may use the previous snapshot of a volume when it uploads a new one.
+
+    Without the ignore flags the mover skips only files whose size, mtime, inode and ctime
+    all match the parent (always correct; for a new copy or clone it means every file is
+    read). With them it trusts size and mtime alone, which only the provider can vouch for.
+    ``reason`` says why, for the upload report.
+    """
+
+    parent: str | None
+    ignore_inode: bool = False
+    ignore_ctime: bool = False
+    reason: str = ""
 
 
 @dataclass
@@ -61,3 +88,22 @@ class Provider(abc.ABC):
     @abc.abstractmethod
     def release(self) -> None:
         """Delete the local snapshot; safe to call more than once and after a failure."""
+
+    def upload_options(self, parent: str | None) -> UploadOptions:
+        """How the snapshot just taken may be compared with ``parent`` (the volume's previous
+        repository snapshot) when it is uploaded.
+
+        By default restic compares inode and ctime too: right for snapshots that keep the
+        source's inodes and ctimes (btrfs), and for those that are read in full anyway.
+        """
+        return UploadOptions(parent, reason="restic compares size, mtime, inode and ctime")
+
+    def uploaded(self, snapshot_id: str) -> None:
+        """The snapshot just taken is now repository snapshot ``snapshot_id``.
+
+        Called after each successful upload; providers that vouch for size and mtime
+        record here what the upload held. Raises ProviderError if that record cannot be
+        kept (the next upload then reads every file): report it, do not fail the upload.
+        By default there is nothing to record.
+        """
+        return None

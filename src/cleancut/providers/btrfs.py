@@ -4,6 +4,10 @@ The snapshot is atomic (crash-consistent on its own) and made inside the same fi
 system, so the volume must **not** be frozen: the snapshot's own metadata writes would
 wait for the thaw, and the guest would wait for itself forever (DESIGN.md §3a).
 Application consistency comes from hooks and writers holding the writes instead.
+
+A snapshot keeps the subvolume's inode numbers and ctimes, so restic's own comparison
+with the previous snapshot (size, mtime, inode, ctime) skips exactly the unchanged files:
+the provider keeps the default upload options, never the ignore flags.
 """
 
 from __future__ import annotations
@@ -18,8 +22,8 @@ from typing import Any, ClassVar, Literal
 from cleancut.config.guest import Volume
 from cleancut.errors import ProviderError
 from cleancut.providers.base import Provider, Snapshot
-from cleancut.providers.copy import claim_destination, rp_folder, snapshot_root
 from cleancut.providers.ficlone import filesystem_of
+from cleancut.providers.staging import claim_destination, rp_folder, snapshot_root
 
 #: the inode number of every btrfs subvolume's root directory (BTRFS_FIRST_FREE_OBJECTID)
 SUBVOLUME_INODE = 256

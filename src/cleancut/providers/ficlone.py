@@ -18,7 +18,7 @@ import tempfile
 from pathlib import Path
 
 from cleancut.errors import ConfigError, ProviderError
-from cleancut.guest.mounts import MountInfo, mount_of
+from cleancut.system.mounts import MountInfo, mount_of
 
 #: ``_IOW(0x94, 9, int)`` from ``<linux/fs.h>``
 FICLONE = 0x40049409

@@ -7,6 +7,12 @@ a file-system-consistent image of the whole disk, as clouds and hypervisors make
 
 The clone must be on the image's own mount (FICLONE works only there) and never on the
 volume's file system, which is frozen while the clone is made (DESIGN.md §3a).
+
+The clone is a new file every time, and a freeze writes to the image (its journal and
+superblock; measured: the image's mtime moves at each freeze), so the upload reads the
+whole image each time anyway. The provider therefore keeps the default upload options:
+restic compares inode and ctime too and never trusts the clone's mtime; deduplication keeps
+what is stored to the changed chunks.
 """
 
 from __future__ import annotations
@@ -18,10 +24,10 @@ from typing import Any, ClassVar, Literal
 
 from cleancut.config.guest import Volume
 from cleancut.errors import ProviderError
-from cleancut.guest.mounts import MountInfo, loop_backing_file
 from cleancut.providers.base import Provider, Snapshot
-from cleancut.providers.copy import SNAPSHOT_DIR, discard, rp_folder
 from cleancut.providers.ficlone import clone_fd, filesystem_of, require_reflink
+from cleancut.providers.staging import SNAPSHOT_DIR, discard, rp_folder
+from cleancut.system.mounts import MountInfo, loop_backing_file
 
 
 class ImageProvider(Provider):
@@ -140,7 +146,7 @@ class ImageProvider(Provider):
         try:
             clone_fd(self._src_fd, self._dst_fd, self._dest)
             seconds = time.monotonic() - started
-            # the clone carries the image's mtime, so an unchanged image is skipped on upload
+            # the clone carries the image's times, so a restored image has them too
             source = os.fstat(self._src_fd)
             os.utime(self._dst_fd, ns=(source.st_atime_ns, source.st_mtime_ns))
         finally:

@@ -3,7 +3,9 @@
 Each file is cloned atomically, but the tree as a whole is not: the result is consistent
 only while hooks and writers hold every write to the tree (level ``none`` otherwise).
 The clones are written inside the volume's file system, so it must **not** be frozen
-(the clones would wait for the thaw forever; DESIGN.md §3a).
+(the clones would wait for the thaw forever; DESIGN.md §3a). FICLONE keeps holes; the
+shared tree walk keeps extended attributes, ACLs, capabilities and hard links, and records
+each source file's stamp for the upload (:mod:`cleancut.providers.changes`).
 """
 
 from __future__ import annotations
@@ -14,15 +16,17 @@ from typing import Any, ClassVar, Literal
 
 from cleancut.config.guest import Volume
 from cleancut.errors import ProviderError
-from cleancut.providers.base import Provider, Snapshot
-from cleancut.providers.copy import (
+from cleancut.providers.base import Provider, Snapshot, UploadOptions
+from cleancut.providers.changes import ChangeTracker
+from cleancut.providers.ficlone import clone_file, filesystem_of, require_reflink
+from cleancut.providers.staging import (
     claim_destination,
-    copy_tree,
     discard,
     rp_folder,
     snapshot_root,
+    state_file,
 )
-from cleancut.providers.ficlone import clone_file, filesystem_of, require_reflink
+from cleancut.providers.tree import copy_tree
 
 
 def _clone(src: Path, dst: Path) -> None:
@@ -39,6 +43,7 @@ class ReflinkProvider(Provider):
     def __init__(self, name: str, volume: Volume, staging: Path) -> None:
         super().__init__(name, volume, staging)
         self._dest: Path | None = None
+        self._changes: ChangeTracker | None = None
 
     def snapshots_root(self) -> Path:
         """The folder, on the volume's own mount, that holds this volume's clones."""
@@ -75,12 +80,14 @@ class ReflinkProvider(Provider):
         dest = self.destination(rp_id)
         claim_destination(self.name, dest)
         self._dest = dest
+        root = self.snapshots_root()
+        self._changes = ChangeTracker(state_file(root, self.name), str(self.volume.path))
 
     def snapshot(self) -> Snapshot:
         if self._dest is None:
             raise ProviderError(f"volume {self.name}: snapshot() called before prepare()")
         skip = frozenset({self._dest.parent.parent})  # the snapshots root, if inside the tree
-        taken_at, started = time.time(), time.monotonic()
+        taken_at, started, taken_ns = time.time(), time.monotonic(), time.time_ns()
         try:
             stats = copy_tree(self.volume.path, self._dest, _clone, skip=skip)
         except OSError as exc:
@@ -88,13 +95,31 @@ class ReflinkProvider(Provider):
                 f"volume {self.name}: cloning {exc.filename or self.volume.path} to "
                 f"{self._dest} failed: {exc.strerror}"
             ) from exc
+        seconds = time.monotonic() - started
+        if self._changes is not None:
+            self._changes.captured(taken_ns, stats.stamps)
         return Snapshot(
             path=self._dest,
             layout="tree",
             taken_at=taken_at,
-            seconds=time.monotonic() - started,
-            details={"files": stats.files, "bytes": stats.bytes, "skipped": stats.skipped},
+            seconds=seconds,
+            details={
+                "files": stats.files,
+                "bytes": stats.bytes,
+                "hardlinks": stats.hardlinks,
+                "skipped": stats.skipped,
+            },
         )
+
+    def upload_options(self, parent: str | None) -> UploadOptions:
+        """Size and mtime are trusted only if no source file changed behind them."""
+        if self._changes is None:
+            return super().upload_options(parent)
+        return self._changes.options(parent)
+
+    def uploaded(self, snapshot_id: str) -> None:
+        if self._changes is not None:
+            self._changes.uploaded(snapshot_id)
 
     def release(self) -> None:
         if self._dest is None:

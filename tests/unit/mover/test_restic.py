@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import subprocess
+import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -53,14 +57,21 @@ def test_describe_backup_holds_no_password(tmp_path: Path) -> None:
     (tmp_path / "vol").mkdir()
     argv = mover.describe_backup(tmp_path / "vol", "vm1", {"app": "shop", "rp": "r1"})
     assert not any(PASSWORD in arg or "s3cret" in arg for arg in argv)
-    assert argv[:3] == ["restic", "-r", redact_url(url)]
+    # honest about what runs: the repository goes in the environment, not on argv
+    assert argv[:3] == [f"RESTIC_REPOSITORY={redact_url(url)}", "restic", "--cache-dir"]
+    assert "-r" not in argv and "--repo" not in argv
     assert argv[argv.index("--host") + 1] == "vm1"
     assert argv[argv.index("--tag") + 1] == "app=shop,rp=r1"
     assert argv[-1] == "."
     image = tmp_path / "disk.img"
     image.write_bytes(b"x")
     assert mover.describe_backup(image, "vm1", {})[-1] == "disk.img"
-    assert mover.preview_backup(image, "vm1", {}).startswith(f"cd {tmp_path} && restic")
+    preview = mover.preview_backup(image, "vm1", {})
+    assert preview.startswith(f"cd {tmp_path} && RESTIC_REPOSITORY='{redact_url(url)}' restic ")
+    assert "s3cret" not in preview
+    for described in (mover.describe_init(), mover.describe_backup_bytes("m", "h", {})):
+        assert described[:2] == [f"RESTIC_REPOSITORY={redact_url(url)}", "restic"]
+        assert not any("s3cret" in arg for arg in described)
 
 
 def test_restic_missing_says_how_to_install(tmp_path: Path) -> None:
@@ -199,8 +210,9 @@ def test_restic_failure_carries_restics_message(repo: ResticMover, tmp_path: Pat
 def test_locked_repository_is_named(repo: ResticMover) -> None:
     # `restic key passwd` holds an exclusive lock while it waits for the new password
     env = {"PATH": os.environ["PATH"], "HOME": str(repo.cache_dir), "RESTIC_PASSWORD": PASSWORD}
+    env["RESTIC_REPOSITORY"] = repo.access.url
     holder = subprocess.Popen(
-        ["restic", "-r", repo.access.url, "--no-cache", "key", "passwd"],
+        ["restic", "--no-cache", "key", "passwd"],
         stdin=subprocess.PIPE,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -219,3 +231,150 @@ def test_locked_repository_is_named(repo: ResticMover) -> None:
         holder.stdin.close()  # EOF: an empty new password, so it gives up and unlocks
         holder.wait(timeout=30)
     assert repo.find({"app": "lock"}) == []
+
+
+# -- secrets never on a command line ---------------------------------------------------
+
+#: a restic stand-in that records how it was started (argv as the kernel shows it to every
+#: user, and which repository its environment names), then becomes the real restic
+RECORDER = """#!{python} -I
+import json, os, sys
+with open("/proc/self/cmdline", "rb") as handle:
+    argv = [part.decode() for part in handle.read().split(b"\\0") if part]
+repository = os.environ.get("RESTIC_REPOSITORY")
+record = {{"argv": argv, "args": sys.argv[1:], "env": sorted(os.environ), "repository": repository}}
+with open({log!r}, "a") as log:
+    log.write(json.dumps(record) + "\\n")
+os.execv({restic!r}, [{restic!r}, *sys.argv[1:]])
+"""
+
+
+def _secret_url(tmp_path: Path) -> str:
+    """A real local repository whose location looks like a URL with credentials in it."""
+    folder = tmp_path / "backup:s3cret@vault"
+    folder.mkdir()
+    return str(folder / "repo")
+
+
+def _recording_mover(tmp_path: Path, url: str) -> tuple[ResticMover, Path]:
+    real = shutil.which("restic")
+    assert real is not None
+    log = tmp_path / "calls.jsonl"
+    wrapper = tmp_path / "restic-recorder"
+    wrapper.write_text(RECORDER.format(python=sys.executable, log=str(log), restic=real))
+    wrapper.chmod(0o755)
+    access = RepositoryAccess(url, PASSWORD)
+    return ResticMover(access, restic=str(wrapper), cache_dir=tmp_path / "cache"), log
+
+
+def _calls(log: Path) -> list[dict[str, Any]]:
+    """Each recorded call, with ``command`` the restic command it ran (``backup``, ...)."""
+    calls = [json.loads(line) for line in log.read_text().splitlines()]
+    for call in calls:
+        args = call["args"]
+        call["command"] = args[2] if args[:1] == ["--cache-dir"] else args[0]
+    return calls
+
+
+@pytest.mark.restic
+def test_no_restic_call_puts_the_repository_on_its_command_line(tmp_path: Path) -> None:
+    url = _secret_url(tmp_path)
+    mover, log = _recording_mover(tmp_path, url)
+    source = tmp_path / "volume"
+    make_tree(source)
+
+    mover.ensure_repository()
+    first = mover.backup(source, host="vm1", tags={"app": "argv"})
+    mover.backup(source, host="vm1", tags={"app": "argv"}, parent=first.snapshot_id)
+    mover.backup_bytes(b"{}", MANIFEST_FILENAME, host="cleancut", tags={"app": "argv"})
+    (stored, *_) = mover.find({"app": "argv"})
+    assert mover.read_file(stored.snapshot_id, "a.txt") == b"alpha\n"
+    mover.restore(stored.snapshot_id, tmp_path / "restored")
+    assert (tmp_path / "restored" / "a.txt").read_bytes() == b"alpha\n"
+
+    calls = _calls(log)
+    commands = {call["command"] for call in calls}
+    assert {"cat", "init", "backup", "snapshots", "dump", "restore"} <= commands
+    for call in calls:
+        shown = " ".join(call["argv"])
+        assert "s3cret" not in shown and url not in shown and PASSWORD not in shown, shown
+        assert "-r" not in call["argv"] and "--repo" not in call["argv"], shown
+        assert call["repository"] == url
+        assert "RESTIC_PASSWORD" in call["env"]
+
+
+@pytest.mark.restic
+def test_the_running_restic_shows_no_repository_in_proc_cmdline(tmp_path: Path) -> None:
+    url = _secret_url(tmp_path)
+    mover = ResticMover(RepositoryAccess(url, PASSWORD), cache_dir=tmp_path / "cache")
+    mover.ensure_repository()
+    big = tmp_path / "big.bin"
+    big.write_bytes(os.urandom(96 * 1024 * 1024))
+    errors: list[BaseException] = []
+
+    def upload() -> None:
+        try:
+            mover.backup(big, host="h", tags={"app": "proc"})
+        except BaseException as exc:  # reported by the main thread
+            errors.append(exc)
+
+    worker = threading.Thread(target=upload)
+    worker.start()
+    seen: dict[int, tuple[bytes, bytes]] = {}
+    while worker.is_alive():
+        for pid in _restic_children():
+            try:
+                cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+                environ = Path(f"/proc/{pid}/environ").read_bytes()
+            except OSError:
+                continue  # it ended meanwhile
+            if cmdline:
+                seen[pid] = (cmdline, environ)
+        time.sleep(0.002)
+    worker.join()
+    assert not errors, errors
+    assert seen, "restic ended before its /proc entry could be read"
+    for cmdline, environ in seen.values():
+        assert b"backup" in cmdline.split(b"\0")
+        assert b"s3cret" not in cmdline and PASSWORD.encode() not in cmdline
+        assert f"RESTIC_REPOSITORY={url}".encode() in environ.split(b"\0")
+
+
+def _restic_children() -> list[int]:
+    """The pids of this process's children that run restic."""
+    found = []
+    for stat_file in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat_file.read_text().rsplit(")", 1)[1].split()
+            if int(fields[1]) == os.getpid() and "restic" in stat_file.read_text():
+                found.append(int(stat_file.parent.name))
+        except (OSError, IndexError, ValueError):
+            continue
+    return found
+
+
+@pytest.mark.restic
+def test_ignore_flags_are_passed_only_when_asked_for(tmp_path: Path) -> None:
+    mover, log = _recording_mover(tmp_path, str(tmp_path / "repo"))
+    source = tmp_path / "volume"
+    make_tree(source)
+    mover.ensure_repository()
+    first = mover.backup(source, host="vm1", tags={"app": "flags"}, ignore_inode=True)
+    mover.backup(source, host="vm1", tags={"app": "flags"}, parent=first.snapshot_id)
+    fast = mover.backup(
+        source,
+        host="vm1",
+        tags={"app": "flags"},
+        parent=first.snapshot_id,
+        ignore_inode=True,
+        ignore_ctime=True,
+    )
+    backups = [call["args"] for call in _calls(log) if call["command"] == "backup"]
+    wanted = ("--parent", "--ignore-inode", "--ignore-ctime")
+    flags = [[arg for arg in argv if arg in wanted] for argv in backups]
+    assert flags == [
+        [],  # no parent: the ignore flags mean nothing
+        ["--parent"],
+        ["--parent", "--ignore-inode", "--ignore-ctime"],
+    ]
+    assert fast.files_unmodified == 3 and fast.files_new == 0

@@ -17,10 +17,11 @@ from cleancut.config.guest import IN_PLACE_PROVIDERS, SnapshotKind, Volume
 from cleancut.errors import ProviderError
 from cleancut.providers import PROVIDERS, make_provider
 from cleancut.providers.btrfs import BtrfsProvider
-from cleancut.providers.copy import CopyProvider, discard, rp_folder, snapshot_root
+from cleancut.providers.copy import CopyProvider
 from cleancut.providers.ficlone import clone_file, filesystem_of, supports_reflink
 from cleancut.providers.image import ImageProvider
 from cleancut.providers.reflink import ReflinkProvider
+from cleancut.providers.staging import discard, rp_folder, snapshot_root
 
 SHM = Path("/dev/shm")
 

@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 
 from cleancut.guest.freezer import freeze_plan
-from cleancut.guest.mounts import (
+from cleancut.system.mounts import (
     MountInfo,
     loop_backing_file,
     mount_of,
