@@ -15,8 +15,11 @@ from cleancut.config.guest import GuestConfig
 from cleancut.config.load import load_app, load_guest
 from cleancut.config.samples import APP_SAMPLE, GUEST_SAMPLE
 from cleancut.errors import HookSecurityError
+from cleancut.guest.freezer import Freezer
 from cleancut.guest.hooks import HookSpec, collect_hooks
+from cleancut.guest.host_checks import check_snapshot_targets, freeze_paths
 from cleancut.guest.security import check_hook_command, load_trusted_guest
+from cleancut.providers import make_provider
 
 app = typer.Typer(
     help="Check, generate, show and describe configuration files.", no_args_is_help=True
@@ -30,9 +33,23 @@ def check_guest(path: Path) -> GuestConfig:
     Azure's files); a refusal names the file, the rule it broke and the hook it belongs to.
     """
     config = load_trusted_guest(path)
-    for spec in collect_hooks(config):
+    hooks = collect_hooks(config)
+    for spec in hooks:
         _check_hook(spec)
+    _check_volumes(config, hooks)
     return config
+
+
+def _check_volumes(config: GuestConfig, hooks: list[HookSpec]) -> None:
+    """What the guest checks at hello about its volumes: each provider's own rules, what
+    can be frozen, and that no snapshot is written onto a file system the host freezes."""
+    providers = {
+        name: make_provider(name, volume, config.staging) for name, volume in config.volumes.items()
+    }
+    for provider in providers.values():
+        provider.check()
+    freezer = Freezer(freeze_paths(config, hooks), allow_root=config.allow_root_freeze)
+    check_snapshot_targets(providers, freezer.mounts)
 
 
 def _check_hook(spec: HookSpec) -> None:

@@ -21,24 +21,19 @@ from cleancut.config.guest import GuestConfig
 from cleancut.errors import (
     CleancutError,
     FreezeError,
-    HostFailed,
-    MoverError,
     ProtocolError,
-    ProviderError,
 )
 from cleancut.guest.freezer import Freezer
 from cleancut.guest.hooks import collect_hooks
 from cleancut.guest.hooks_phase import HookPhases
+from cleancut.guest.host_checks import check_snapshot_targets, freeze_paths
+from cleancut.guest.upload import Emit, Uploads
 from cleancut.guest.watchdog import Watchdog
 from cleancut.guest.writer_set import WriterSet
-from cleancut.mover import make_mover
-from cleancut.mover.base import RepositoryAccess
 from cleancut.protocol import FreezeArgs, HelloArgs, PlanArgs, UploadArgs
 from cleancut.providers import make_provider, snapshot_all
 from cleancut.providers.base import Provider, Snapshot
 from cleancut.system.mounts import mount_of
-
-Emit = Callable[[str, dict[str, Any]], None]
 
 #: How long the watchdog's thaw waits for hanging ioctls before it ends the other holds.
 _QUICK_THAW = 0.5
@@ -82,7 +77,7 @@ class GuestSession:
         self._ended: dict[str, Any] | None = None
         self._stall_from: float | None = None  # monotonic, the first writer hold or FIFREEZE
         self._stall_until: float | None = None
-        self._upload_cancelled = threading.Event()
+        self.uploads = Uploads("", self.providers)
 
     # -- phase bookkeeping -------------------------------------------------------------
 
@@ -106,9 +101,7 @@ class GuestSession:
         return all(spec.freeze for spec in self.hooks.specs)
 
     def _freeze_paths(self) -> list[Path]:
-        if not self.freeze_enabled:
-            return []
-        return [v.path for v in self.config.volumes.values() if v.frozen]
+        return freeze_paths(self.config, self.hooks.specs)
 
     # -- hello -------------------------------------------------------------------------
 
@@ -122,6 +115,7 @@ class GuestSession:
                 "in the application config, or raise max_freeze_timeout on this host"
             )
         self.rp_id = args.rp_id
+        self.uploads.rp_id = args.rp_id
         self.freeze_timeout = args.freeze_timeout
         self.hooks = HookPhases(collect_hooks(self.config), self.rp_id, list(self.config.volumes))
         self.hooks.check()
@@ -130,9 +124,10 @@ class GuestSession:
             provider = make_provider(name, volume, staging)
             provider.check()
             self.providers[name] = provider
+        self.freezer = Freezer(self._freeze_paths(), allow_root=self.config.allow_root_freeze)
+        check_snapshot_targets(self.providers, self.freezer.mounts)
         self.writers = WriterSet(dict(self.config.databases))
         databases = self.writers.check()
-        self.freezer = Freezer(self._freeze_paths(), allow_root=self.config.allow_root_freeze)
         self.watchdog = Watchdog(self.freeze_timeout, self._expire)
         if self.input_closed.is_set():
             self.watchdog.input_closed()
@@ -348,63 +343,15 @@ class GuestSession:
     # -- upload / release --------------------------------------------------------------
 
     def upload(self, args: UploadArgs, emit: Emit) -> dict[str, Any]:
-        """Each snapshot into the repository, tagged with application, RP, host and resource.
-
-        ``parents`` are the resources' previous snapshots: restic then skips unchanged files.
-        A parent the repository no longer has only costs a full read, never the upload.
-        """
+        """Each snapshot into the repository (see :class:`~cleancut.guest.upload.Uploads`)."""
         self.enter("upload")
-        mover = make_mover(RepositoryAccess(args.repository.url, args.repository.password))
-        uploads: dict[str, Any] = {}
-        for name, snap in self.snapshots.items():
-
-            def progress(figures: dict[str, Any], resource: str = name) -> None:
-                if self._upload_cancelled.is_set():  # raising here stops restic (SIGINT)
-                    raise HostFailed(f"upload of {resource} cancelled: release was asked for")
-                emit("progress", {"resource": resource, **figures})
-
-            tags = self._tags(args.app, args.host, name)
-            provider = self.providers[name]
-            # the provider that took the snapshot knows when restic may skip unchanged files
-            options = provider.upload_options(args.parents.get(name))
-            try:
-                result = mover.backup(
-                    snap.path,
-                    host=args.host,
-                    tags=tags,
-                    progress=progress,
-                    parent=options.parent,
-                    ignore_inode=options.ignore_inode,
-                    ignore_ctime=options.ignore_ctime,
-                )
-            except MoverError:
-                if options.parent is None:
-                    raise  # a parent the repository lost only costs a full read
-                result = mover.backup(snap.path, host=args.host, tags=tags, progress=progress)
-            warning = None
-            try:
-                provider.uploaded(result.snapshot_id)
-            except ProviderError as exc:  # losing the record only costs a full read next time
-                warning = exc.message
-            uploads[name] = {
-                "snapshot_id": result.snapshot_id,
-                "bytes_processed": result.bytes_processed,
-                "bytes_added": result.bytes_added,
-                "files": result.files,
-                "files_unmodified": result.files_unmodified,
-                "seconds": result.seconds,
-                "change_detection": options.reason,
-                "record_warning": warning,
-            }
+        uploads = self.uploads.run(self.snapshots, args, emit)
         self.phase = "upload"
         return {"uploads": uploads}
 
     def cancel_upload(self) -> None:
         """Stop an upload in progress at restic's next progress report (any thread)."""
-        self._upload_cancelled.set()
-
-    def _tags(self, app: str, host: str, resource: str) -> dict[str, str]:
-        return {"cleancut": "", "app": app, "rp": self.rp_id, "host": host, "resource": resource}
+        self.uploads.cancel()
 
     def plan(self, args: PlanArgs) -> dict[str, Any]:
         """The steps a cut would run here, including every restic command; touches nothing."""
@@ -420,11 +367,8 @@ class GuestSession:
         for name, provider in self.providers.items():
             steps.append(f"snapshot: {provider.kind} snapshot of volume {name}")
         steps.append("thaw: FITHAW in reverse order; writers release; post-scripts")
-        mover = make_mover(RepositoryAccess(args.repository, ""))
-        for name, volume in self.config.volumes.items():
-            tags = self._tags(args.app, args.host, name)
-            line = mover.preview_backup(volume.path, args.host, tags)
-            steps.append(f"upload: volume {name}: {line}")
+        volumes = {name: volume.path for name, volume in self.config.volumes.items()}
+        steps += self.uploads.plan(args.repository, args.app, args.host, volumes)
         return {"steps": steps}
 
     def release(self) -> dict[str, Any]:

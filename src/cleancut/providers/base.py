@@ -73,6 +73,11 @@ class Provider(abc.ABC):
         return {}
 
     @abc.abstractmethod
+    def writes_to(self) -> Path:
+        """The folder this provider writes its snapshots into. It must not lie on a file
+        system the host freezes: the snapshot would wait for the thaw forever."""
+
+    @abc.abstractmethod
     def check(self) -> None:
         """Refuse early (ProviderError) what cannot work: no reflink support, staging inside
         the frozen file system, not a subvolume. Runs at hello, before anything is touched."""

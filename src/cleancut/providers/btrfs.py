@@ -54,6 +54,9 @@ class BtrfsProvider(Provider):
     def describe(self) -> dict[str, Any]:
         return {"path": str(self.volume.path), "fstype": "btrfs", "subvolume": True}
 
+    def writes_to(self) -> Path:
+        return self.snapshots_root()
+
     def check(self) -> None:
         path = self.volume.path
         fs = filesystem_of(path)

@@ -51,6 +51,9 @@ class CopyProvider(Provider):
     def describe(self) -> dict[str, Any]:
         return {"path": str(self.volume.path), "staging": str(self.staging_root)}
 
+    def writes_to(self) -> Path:
+        return self.staging_root
+
     def check(self) -> None:
         path = self.volume.path
         if not path.is_dir():

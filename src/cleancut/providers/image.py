@@ -92,6 +92,9 @@ class ImageProvider(Provider):
 
     # -- the provider interface -------------------------------------------------------
 
+    def writes_to(self) -> Path:
+        return self.clone_root(self.image_path())
+
     def check(self) -> None:
         image = self.image_path()
         if not image.is_file():

@@ -61,6 +61,9 @@ class ReflinkProvider(Provider):
             info["error"] = str(exc)
         return info
 
+    def writes_to(self) -> Path:
+        return self.snapshots_root()
+
     def check(self) -> None:
         path = self.volume.path
         if not path.is_dir():

@@ -79,6 +79,8 @@ def files(trusted_dir: Path) -> Files:
     guest = trusted_dir / "guest.toml"
     guest.write_text(guest_text(trusted_dir), encoding="utf-8")
     guest.chmod(0o644)
+    for folder in ("orders", "staging"):  # config check looks at the volumes too
+        (trusted_dir / folder).mkdir(exist_ok=True)
     app_file = trusted_dir / "shop.toml"
     app_file.write_text(
         'name = "shop"\ncatalog = "shop.catalog.sqlite"\n'
