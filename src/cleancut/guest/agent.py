@@ -22,6 +22,7 @@ import signal
 import sys
 import threading
 import time
+import traceback
 from collections.abc import Iterator
 from pathlib import Path
 from types import FrameType
@@ -145,7 +146,8 @@ class GuestAgent:
             return True
         except Exception as exc:  # a bug must not leave a freeze behind: report it, go on
             print(f"cleancut guest: internal error: {type(exc).__name__}: {exc}", file=sys.stderr)
-            self.send(protocol.failure(ident, "InternalError", type(exc).__name__))
+            where = _where(exc)
+            self.send(protocol.failure(ident, "InternalError", f"{type(exc).__name__} at {where}"))
             return True
         self.send(protocol.reply(ident, result))
         return op != "bye"
@@ -195,6 +197,17 @@ class GuestAgent:
             "time": time.time(),
             "inventory": inventory,
         }
+
+
+def _where(exc: BaseException) -> str:
+    """Where in cleancut's code ``exc`` was raised (file:line), for a bug report; the
+    message itself is not sent, since it might repeat part of a request."""
+    frames = traceback.extract_tb(exc.__traceback__)
+    ours = [f for f in frames if "cleancut" in f.filename] or frames
+    if not ours:
+        return "unknown"
+    frame = ours[-1]
+    return f"{Path(frame.filename).name}:{frame.lineno} ({frame.name})"
 
 
 def _is_release(line: bytes) -> bool:
