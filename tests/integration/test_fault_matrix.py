@@ -366,7 +366,8 @@ def test_fault_matrix(world: World, how: str, point: str) -> None:
             lifted = time.monotonic()
         hold_from = signalled + (PRE_SLEEP if point == "prepare" else 0)
         bound = max(hold_from, lifted) + FREEZE_TIMEOUT + 1.0
-        _assert_released_by(case, bound)  # probes start now, and must be through by the bound
+        # probes start now, and must be through by the bound
+        thawed, unlocked = _assert_released_by(case, bound, max(signalled, lifted))
         if how == "SIGSTOP coordinator":  # the holds ended without it; now let it go on
             time.sleep(max(0.0, hold_from + FREEZE_TIMEOUT + 1.5 - time.monotonic()))
             os.kill(case.proc.pid, signal.SIGCONT)
@@ -384,7 +385,8 @@ def test_fault_matrix(world: World, how: str, point: str) -> None:
         if how != "SIGSTOP coordinator":
             assert not committed, f"an interrupted backup claims success ({code}): {err}"
         assert len(after) == len(before) + (1 if committed else 0), (code, err)
-        RESULTS[(how, point)] = f"{code}, {'RP' if committed else 'no RP'}"
+        rp = "RP" if committed else "no RP"
+        RESULTS[(how, point)] = f"{thawed:.1f} s / {unlocked:.1f} s, exit {code}, {rp}"
     finally:
         world.thaw_all()
         _stop_everything(case)
@@ -400,17 +402,20 @@ PROMPT = {"SIGINT to the group": 130, "SIGTERM to all": 143}
 PROMPT_WITHIN = POST_SLEEP + 10.0
 
 
-def _assert_released_by(case: Case, bound: float) -> None:
-    """Both disks writable and the database lock free by ``bound`` (monotonic)."""
+def _assert_released_by(case: Case, bound: float, since: float) -> tuple[float, float]:
+    """Both disks writable and the database lock free by ``bound`` (monotonic); how long
+    after ``since`` each was so (seconds)."""
     w = case.world
-    for disk in (w.vm1, w.vm2):
-        probe = start_probe(disk)
-        case.probes.append(probe)
+    probes = [start_probe(disk) for disk in (w.vm1, w.vm2)]
+    case.probes.extend(probes)
+    for disk, probe in zip((w.vm1, w.vm2), probes, strict=True):
         left = bound - time.monotonic()
         assert finishes(probe, max(0.1, left)), f"{disk} still frozen past freeze_timeout + 1 s"
+    thawed = time.monotonic() - since
     while not lock_is_free(w.db):
         assert time.monotonic() < bound, "the database stayed locked past freeze_timeout + 1 s"
         time.sleep(0.05)
+    return thawed, time.monotonic() - since
 
 
 def _assert_posts_ran_or_reported(world: World, how: str, stderr: str) -> None:
