@@ -30,6 +30,7 @@ from cleancut.coordinator.policy import (
 from cleancut.errors import CleancutError, HostFailed, Interrupted, PolicyAbort
 from cleancut.manifest import MANIFEST_FILENAME, MANIFEST_TAG, Manifest, new_rp_id
 from cleancut.mover.base import Mover, RepositoryAccess
+from cleancut.protocol.replies import check_reply
 from cleancut.transport import Channel, open_channel
 
 #: Receives what the cut is doing: ("phase", {...}), ("progress", {...}), ("note", {...}).
@@ -129,9 +130,10 @@ class Coordinator:
                 bound = timeout(name) if callable(timeout) else timeout
                 sent = time.time()
                 self._sent.setdefault(name, set()).add(op)
-                results[name] = self.channels[name].call(
+                answer = self.channels[name].call(
                     op, args(name) if args else {}, timeout=bound, on_event=sink
                 )
+                results[name] = check_reply(name, op, answer)
                 self._round_trip[name] = (sent, time.time())
                 if keep is not None:
                     keep(name, results[name])
@@ -222,7 +224,9 @@ class Coordinator:
         def release(name: str, channel: Channel) -> None:
             report = self.reports.get(name)
             try:
-                result = channel.call("release", timeout=self._post_bound(name))
+                result = check_reply(
+                    name, "release", channel.call("release", timeout=self._post_bound(name))
+                )
                 if report is not None:
                     report.thaw.setdefault("hooks", []).extend(result.get("hooks", []))
                     report.thaw.setdefault("not_run", []).extend(result.get("not_run", []))

@@ -36,7 +36,13 @@ class SkewedGuest(Channel):
             return {"time": time.time() + self.skew}
         received_at = time.time() + self.skew
         time.sleep(self.work)
-        return {"received_at": received_at, "time": time.time() + self.skew, "inventory": {}}
+        return {
+            "version": "test",
+            "protocol": 1,
+            "received_at": received_at,
+            "time": time.time() + self.skew,
+            "inventory": {"volumes": {}, "databases": {}, "hooks": [], "freeze_enabled": True},
+        }
 
     def close(self, wait: float = 30.0) -> None:
         return None
