@@ -29,7 +29,9 @@ def backup(
     and is group-consistent, 3 when it was committed at a weaker level (on_failure =
     "degrade"), 9 when it was committed but a post-script failed (the application may
     still be quiesced; a warning on stderr names the host and the hook), 4 when
-    on_failure = "abort" refused it, 2 for a configuration error.
+    on_failure = "abort" refused it, 2 for a configuration error, 5 / 6 when a host was
+    unreachable / failed a phase. Ctrl-C or SIGTERM release every host first (thaw, end
+    the database holds, run the post-scripts), then exit with 130 or 143.
     """
     loaded = load(config)
     access, mover = open_repository(loaded)
