@@ -43,8 +43,9 @@ def signal_number(exc: BaseException) -> int:
 
 
 @contextlib.contextmanager
-def deferred() -> Iterator[list[int]]:
-    """Hold stop signals back inside the block; the first one is re-raised after it.
+def deferred(*, reraise: bool = True) -> Iterator[list[int]]:
+    """Hold stop signals back inside the block; the first one is re-raised after it (or,
+    with ``reraise=False``, only listed in the yielded list for the caller to act on).
 
     Outside the main thread (where Python delivers signals) it does nothing.
     """
@@ -62,7 +63,7 @@ def deferred() -> Iterator[list[int]]:
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
-    if received:
+    if received and reraise:
         if received[0] == signal.SIGINT:
             raise KeyboardInterrupt
         raise StopSignal(received[0])

@@ -84,3 +84,24 @@ def test_sigkill_of_the_agent_itself_thaws(
     assert finishes(probe, FREEZE_TIMEOUT + 1), (
         "the thaw sentinel must thaw a killed agent's freeze"
     )
+
+
+@pytest.mark.parametrize("second", [None, signal.SIGHUP, signal.SIGTERM])
+def test_stop_signals_to_the_agent_thaw_release_and_exit(
+    frozen_by_agent: tuple[subprocess.Popen[str], int, Path],
+    probes: list[subprocess.Popen[bytes]],
+    second: signal.Signals | None,
+) -> None:
+    """SIGTERM (``systemctl stop``), maybe followed at once by another stop signal: the
+    agent thaws, releases and exits by itself with 128 + the first signal."""
+    _coordinator, agent, mount = frozen_by_agent
+    probe = start_probe(mount)
+    probes.append(probe)
+    assert not finishes(probe, 0.5)
+
+    os.kill(agent, signal.SIGTERM)
+    if second is not None:
+        os.kill(agent, second)
+
+    assert finishes(probe, 1.5), "a stop signal must thaw at once"
+    wait_gone(agent, 10)  # it released and left, without waiting for its coordinator

@@ -327,7 +327,9 @@ def test_killed_coordinator_leaves_nothing_frozen(
 
 
 @pytest.mark.root
-@pytest.mark.parametrize("how", ["SIGKILL of the guest", "SIGTERM of the sentinel"])
+@pytest.mark.parametrize(
+    "how", ["SIGKILL of the guest", "SIGTERM of the sentinel", "SIGTERM+SIGHUP of the sentinel"]
+)
 def test_sentinel_thaws_when_the_guest_is_killed_or_it_is_told_to_stop(
     datastore: Datastore, probes: list[subprocess.Popen[bytes]], how: str
 ) -> None:
@@ -349,6 +351,8 @@ def test_sentinel_thaws_when_the_guest_is_killed_or_it_is_told_to_stop(
             guest.kill()
         else:
             os.kill(sentinel_pid, signal.SIGTERM)
+            if "SIGHUP" in how:  # systemd may send both: the second must not cut the thaw
+                os.kill(sentinel_pid, signal.SIGHUP)
         assert finishes(probes[0], 1.5), f"still frozen after the {how}"
     finally:
         subprocess.run(["fsfreeze", "-u", str(disk.mountpoint)], capture_output=True, check=False)
@@ -392,3 +396,20 @@ def test_sentinel_finishes_quietly_after_a_normal_thaw(datastore: Datastore) -> 
     assert freezer.sentinel is None
     assert not is_running(pid)
     assert_writable(disk.mountpoint, within=2)
+
+
+@pytest.mark.root
+def test_sentinel_is_disarmed_by_the_thaw_and_never_thaws_someone_elses_freeze(
+    datastore: Datastore, probes: list[subprocess.Popen[bytes]]
+) -> None:
+    disk = datastore.add_disk("vm1", datastore.root / "vm1")
+    with Freezer([disk.mountpoint]) as freezer:
+        freezer.freeze(deadline_seconds=0.5)
+        freezer.thaw()
+        subprocess.run(["fsfreeze", "-f", str(disk.mountpoint)], check=True)  # someone else
+        try:
+            time.sleep(1.5)  # past the sentinel's deadline and grace
+            assert_frozen(disk.mountpoint, probes)  # their freeze is theirs to end
+        finally:
+            subprocess.run(["fsfreeze", "-u", str(disk.mountpoint)], check=False)
+    assert all(finishes(probe, 3) for probe in probes)

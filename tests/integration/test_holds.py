@@ -35,7 +35,7 @@ channel = LocalChannel("vm1", Path(sys.argv[1]))
 hello = {"protocol": 1, "rp_id": "20260101T000000Z-hold", "freeze_timeout": float(sys.argv[2])}
 channel.call("hello", hello, timeout=60)
 channel.call("prepare", timeout=60)
-frozen = channel.call("freeze", {"snapshot": True}, timeout=60)
+frozen = channel.call("freeze", {"snapshot": True, "thaw": sys.argv[3] == "alone"}, timeout=60)
 print(json.dumps(frozen), flush=True)
 sys.stdin.readline()
 thawed = channel.call("thaw", timeout=60)
@@ -124,9 +124,12 @@ def volume_for(provider: str, ds: Datastore, base: Path) -> Setup:
     return Setup(volume + sqlite_db("app", db, "data"), db)
 
 
-def start_driver(guest: Path, freeze_timeout: float) -> subprocess.Popen[str]:
+def start_driver(
+    guest: Path, freeze_timeout: float, mode: str = "barrier"
+) -> subprocess.Popen[str]:
+    """The driver; ``mode`` "alone" cuts a lone host (its freeze ends its holds itself)."""
     return subprocess.Popen(
-        [sys.executable, "-c", DRIVER, str(guest), str(freeze_timeout)],
+        [sys.executable, "-c", DRIVER, str(guest), str(freeze_timeout), mode],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,
@@ -159,8 +162,9 @@ def test_a_held_database_refuses_other_writers_until_the_thaw(
             driver.wait(timeout=30)
 
 
+@pytest.mark.parametrize("mode", ["barrier", "alone"])
 def test_a_stopped_coordinator_cannot_keep_anything_held(
-    datastore: Datastore, trusted_dir: Path
+    datastore: Datastore, trusted_dir: Path, mode: str
 ) -> None:
     """SIGSTOP of the coordinator after the freeze: the guest's one deadline (counted from
     the first hold: here the quiesce pre-script's end) thaws, ends the database hold and
@@ -171,14 +175,15 @@ def test_a_stopped_coordinator_cannot_keep_anything_held(
     post = write_script(trusted_dir / "hooks" / "post.sh", f"echo post >> {trace}\n")
     guest = write_private(trusted_dir / "guest.toml", setup.guest + hook("quiesce", pre, post))
     freeze_timeout = 2.0
-    driver = start_driver(guest, freeze_timeout)
+    driver = start_driver(guest, freeze_timeout, mode)
     try:
         assert driver.stdout is not None and driver.stdin is not None
         assert '"snapshot"' in driver.stdout.readline()
         os.kill(driver.pid, signal.SIGSTOP)
         stopped_at = time.monotonic()
-        assert write_attempt(setup.db, busy=0.2, within=2) == "locked"
-        assert trace.read_text().split() == ["pre"]
+        if mode == "barrier":  # a lone host ended its holds inside the freeze already
+            assert write_attempt(setup.db, busy=0.2, within=2) == "locked"
+            assert trace.read_text().split() == ["pre"]
         deadline = stopped_at + freeze_timeout + 1.0
         while write_attempt(setup.db, busy=0.05, within=2) != "written":
             assert time.monotonic() < deadline, "the database stayed locked past the deadline"
@@ -190,7 +195,9 @@ def test_a_stopped_coordinator_cannot_keep_anything_held(
         driver.stdin.write("go\n")
         driver.stdin.flush()
         thawed = driver.stdout.readline()
-        assert '"self_thawed": "deadline"' in thawed, thawed
+        if mode == "barrier":
+            assert '"self_thawed": "deadline"' in thawed, thawed
+        assert '"phase": "post"' in thawed, "the thaw reply must report the post-script"
         assert driver.wait(timeout=30) == 0
         assert trace.read_text().split() == ["pre", "post"], "the post-script ran twice"
     finally:

@@ -38,6 +38,7 @@ EventSink = Callable[[str, dict[str, Any]], None]
 
 _HELLO_TIMEOUT = 120.0
 _CLOCK_ROUNDS = 3
+_POLL = 0.2
 #: What a phase may take beyond the bounds the guest's hooks and deadline give it.
 _SLACK = 30.0
 #: A writer's slow preparation (a checkpoint) and the providers' set-up, per host.
@@ -88,6 +89,8 @@ class Coordinator:
         self.release_problems: list[str] = []
         #: each host's answer to release
         self.releases: dict[str, dict[str, Any]] = {}
+        #: the stop signal (Ctrl-C, SIGTERM) that ended the cut, if one did
+        self.stopped_by: int | None = None
         self._sent: dict[str, set[str]] = {}
 
     # -- plumbing ----------------------------------------------------------------------
@@ -147,8 +150,8 @@ class Coordinator:
 
         for name in self.channels:
             threading.Thread(target=one, args=(name,), daemon=True, name=f"{op}-{name}").start()
-        if self.channels:
-            done.wait()
+        while self.channels and not done.wait(_POLL):
+            pass  # timed: the main thread wakes to run signal handlers (Ctrl-C)
         for name in self.channels:  # the first host in the config's order that failed
             if name in errors:
                 raise errors[name]
@@ -225,7 +228,7 @@ class Coordinator:
             report = self.reports.get(name)
             try:
                 result = check_reply(
-                    name, "release", channel.call("release", timeout=self._post_bound(name))
+                    name, "release", channel.call("release", timeout=self._release_bound(name))
                 )
                 if report is not None:
                     report.thaw.setdefault("hooks", []).extend(result.get("hooks", []))
@@ -241,9 +244,9 @@ class Coordinator:
                     owed = _owed_posts(report, exc.message, prepare_sent=prepared)
                     report.thaw.setdefault("not_run", []).extend(owed)
             finally:
-                channel.close(wait=self._post_bound(name))
+                channel.close(wait=self._release_bound(name))
 
-        with signals.deferred():
+        with signals.deferred(reraise=False) as received:
             threads = [
                 threading.Thread(target=release, args=item, daemon=True, name=f"release-{item[0]}")
                 for item in self.channels.items()
@@ -251,8 +254,21 @@ class Coordinator:
             for thread in threads:
                 thread.start()
             for thread in threads:
-                thread.join()
+                while thread.is_alive():
+                    thread.join(_POLL)
+        self.stopped_by = self.stopped_by or (received[0] if received else None)
         self.on_event("released", {"hosts": list(self.channels), "problems": self.release_problems})
+
+    def _release_bound(self, name: str) -> float:
+        """How long a host's release may take: its post-scripts, and what it is still busy
+        with (it answers once the phase in flight is over: its pre-scripts, its freeze)."""
+        sent, report = self._sent.get(name, set()), self.reports.get(name)
+        busy = 0.0
+        if report is not None and "prepare" in sent and not report.prepare:
+            busy = self._prepare_bound(name)
+        elif report is not None and "freeze" in sent and not report.freeze:
+            busy = self.config.freeze_timeout + _SLACK
+        return self._post_bound(name) + busy
 
     # -- the cut -----------------------------------------------------------------------
 
@@ -293,12 +309,17 @@ class Coordinator:
         try:
             manifest = self._cut(created)
         except (KeyboardInterrupt, signals.StopSignal) as exc:
+            self.stopped_by = signals.signal_number(exc)
             self._release_all()
-            raise Interrupted(signals.signal_number(exc), self.release_problems) from None
+            raise Interrupted(self.stopped_by, self.release_problems) from None
         except BaseException:
             self._release_all()
+            if self.stopped_by is not None:  # a signal that came during the release
+                raise Interrupted(self.stopped_by, self.release_problems) from None
             raise
         self._release_all()
+        if self.stopped_by is not None:
+            raise Interrupted(self.stopped_by, self.release_problems)
         return self._commit(manifest)
 
     def _cut(self, created: datetime) -> Manifest:
@@ -315,7 +336,10 @@ class Coordinator:
         # a lone host's hold is the whole quiet window, so it thaws without waiting
         alone = len(self.channels) == 1
         frozen = self._all(
-            "freeze", lambda _n: {"snapshot": True, "thaw": alone}, timeout=timeout + _SLACK
+            "freeze",
+            lambda _n: {"snapshot": True, "thaw": alone},
+            # a lone host runs its post-scripts right after its snapshots, in this call
+            timeout=lambda name: timeout + _SLACK + (self._post_bound(name) if alone else 0.0),
         )
         for name, answer in frozen.items():
             self.reports[name].snapshot = answer.pop("snapshot")
@@ -455,7 +479,8 @@ class _Background:
         threading.Thread(target=run, daemon=True, name="background").start()
 
     def result(self) -> object:
-        self._done.wait()
+        while not self._done.wait(_POLL):
+            pass
         if self._error is not None:
             raise self._error
         return self._value

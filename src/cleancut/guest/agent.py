@@ -6,9 +6,9 @@ for the main thread, and the main loop then releases everything. A ``release`` r
 acted on the same way the moment it arrives, even while the main thread is busy.
 
 Signals: SIGTERM (``systemctl stop``), SIGINT and SIGHUP end the holds at once (through the
-watchdog, from any point), then unwind the main thread into ``release``. While hooks run
-or the release is under way, the signal waits: a post-script is never cut short by a stop
-that arrives during it. The exit status then says which signal it was (128 + number).
+watchdog, from any point) and stop an upload; the main loop then releases and exits, with
+a status that says which signal it was (128 + number). A hook that is running finishes
+first; a second signal changes nothing.
 
 Stderr carries diagnostics only; nothing is logged to disk. Nothing a request carried is
 ever echoed back: a request may hold the repository password.
@@ -34,6 +34,7 @@ from cleancut.guest.security import load_trusted_guest
 from cleancut.guest.session import GuestSession
 
 _EOF = object()
+_POLL = 0.2
 #: The longest line a request may be; anything longer is refused unread.
 MAX_LINE = 1 << 20
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
@@ -94,20 +95,19 @@ class GuestAgent:
     # -- signals -----------------------------------------------------------------------
 
     def on_signal(self, signum: int, _frame: FrameType | None) -> None:
-        """End the holds now (lock-free); unwind into release unless hooks or the release run."""
-        if self.signalled is None:
-            self.signalled = signum
+        """End the holds now and stop any upload; the main loop then releases and exits.
+
+        It raises nothing and takes no lock: an exception raised at an arbitrary line (a
+        lock's internals, a ``finally`` that would release) is how releases get lost, and a
+        second signal must not undo the first one's work. Only the first signal counts.
+        """
+        if self.signalled is not None:
+            return
+        self.signalled = signum
         self._stop_holds(f"stopped by {signal.Signals(signum).name}")
-        if not self._deferring():
-            raise SystemExit(128 + signum)
-
-    def _deferring(self) -> bool:
         session = self.session
-        return session is not None and session.deferring > 0
-
-    def _stop_if_signalled(self) -> None:
-        if self.signalled is not None and not self._deferring():
-            raise SystemExit(128 + self.signalled)
+        if session is not None:
+            session.cancel_upload()
 
     # -- serving -----------------------------------------------------------------------
 
@@ -115,9 +115,11 @@ class GuestAgent:
         """Answer requests until ``bye`` or end of input; always releases on the way out."""
         threading.Thread(target=self._read_stdin, name="stdin", daemon=True).start()
         try:
-            while True:
-                self._stop_if_signalled()
-                item = self._inbox.get()
+            while self.signalled is None:
+                try:  # timed: the main thread wakes to run signal handlers
+                    item = self._inbox.get(timeout=_POLL)
+                except queue.Empty:
+                    continue
                 if item is _EOF:
                     break
                 assert isinstance(item, bytes)

@@ -31,6 +31,7 @@ succeeded during this cut.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import os
@@ -59,6 +60,8 @@ FREEZABLE_FSTYPES = frozenset(
 
 #: How long ``thaw()`` waits for stuck ioctls before it reports them and returns.
 THAW_WAIT = 10.0
+#: How long a thaw on the way out of a failure waits before it lets the caller go on.
+QUICK_THAW = 0.5
 _MAX_STACK_STEPS = 256
 
 _FIXES = {
@@ -307,13 +310,23 @@ class Freezer:
                 raise FreezeError("freeze() called while already frozen; thaw() first")
             self._stop = False
             self.thawed_at = None
-        if self.sentinel is not None and deadline_seconds is not None:
-            self.sentinel.arm(deadline_seconds)
+        sentinel = self.sentinel
+        if (
+            sentinel is not None
+            and deadline_seconds is not None
+            and not sentinel.arm(deadline_seconds)
+        ):
+            raise FreezeError(
+                "the thaw sentinel is gone (killed?), so nothing could thaw this host if "
+                "the guest died while frozen: refusing to freeze; nothing was frozen"
+            )
         try:
             for wave in self.plan:
                 self._freeze_wave([self._states[m.major_minor] for m in wave])
         except BaseException:
-            self.thaw()
+            # the original error goes on; a freeze still in flight thaws itself when it returns
+            with contextlib.suppress(FreezeError):
+                self.thaw(wait=QUICK_THAW)
             raise
         self.frozen_at = time.time()
         return self.frozen_at
@@ -324,14 +337,13 @@ class Freezer:
                 raise FreezeError("thawed while freezing: a thaw was asked for meanwhile")
             for fs in wave:
                 fs.state, fs.error = "freezing", None  # recorded before the ioctl
-        threads = [
-            threading.Thread(target=self._freeze_one, args=(fs,), daemon=True, name="fifreeze")
-            for fs in wave
-        ]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()  # interruptible: a signal reaches the caller, the thread goes on
+        for fs in wave:
+            threading.Thread(
+                target=self._freeze_one, args=(fs,), daemon=True, name="fifreeze"
+            ).start()
+        with self._cond:  # a thaw asked for meanwhile ends the wait: a hung FIFREEZE
+            while any(fs.state == "freezing" for fs in wave) and not self._stop:
+                self._cond.wait(0.2)  # must not pin the caller (it thaws itself on return)
         failed = [fs for fs in wave if fs.error is not None]
         if failed:
             error = failed[0].error
@@ -384,6 +396,8 @@ class Freezer:
             failed = [fs for fs in unsettled if fs.state == "frozen"]
             if not unsettled and self.thawed_at is None:
                 self.thawed_at = time.time()
+        if not unsettled and self.sentinel is not None:
+            self.sentinel.finish()  # disarmed at once: a later freeze by others is not ours
         if failed:
             error = failed[0].error
             assert error is not None

@@ -101,11 +101,17 @@ class HookPhases:
         return runs
 
     def run_posts(self, *, only_finished: bool = False) -> list[dict[str, Any]]:
-        """The post-scripts owed (in reverse order), each once; the runs not reported yet.
+        """The post-scripts owed (in reverse order), each once; the runs not reported yet
+        (which a reply then carries: see :meth:`run_owed` for a run no reply carries).
 
         ``only_finished`` (the watchdog's call) skips a hook whose pre-script is still
         running: the session runs that one's post-script when the pre-script returns.
         """
+        self.run_owed(only_finished=only_finished)
+        return self.take_unreported()
+
+    def run_owed(self, *, only_finished: bool = False) -> None:
+        """Run the post-scripts owed now; their runs wait for the next reply to carry them."""
         with self._post_lock:
             for spec in reversed(self.specs):
                 if spec.post is None or spec.name in self._post_ran:
@@ -118,7 +124,6 @@ class HookPhases:
                 self._run(spec, "post")
                 with self._lock:
                     self._pause_until = time.monotonic()
-        return self.take_unreported()
 
     def _run(self, spec: HookSpec, phase: str, **extra: Any) -> dict[str, Any]:
         assert phase in ("pre", "post")

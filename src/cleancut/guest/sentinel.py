@@ -26,6 +26,7 @@ import os
 import select
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Sequence
 
@@ -49,13 +50,21 @@ class Stop(BaseException):
     pass
 
 
+CATCH = [getattr(signal, name) for name in
+         ("SIGTERM", "SIGINT", "SIGHUP", "SIGQUIT", "SIGUSR1", "SIGUSR2", "SIGALRM")]
+stopping = [False]
+
+
 def stop(signum, frame):
+    if stopping[0]:
+        return  # a second signal must not cut the thaw short
+    stopping[0] = True
+    signal.pthread_sigmask(signal.SIG_BLOCK, CATCH)
     raise Stop()
 
 
-CATCH = ("SIGTERM", "SIGINT", "SIGHUP", "SIGQUIT", "SIGUSR1", "SIGUSR2", "SIGALRM")
-for name in CATCH:
-    signal.signal(getattr(signal, name), stop)
+for number in CATCH:
+    signal.signal(number, stop)
 signal.signal(signal.SIGPIPE, signal.SIG_IGN)
 
 
@@ -67,8 +76,8 @@ def thaw(fd):
 
 
 def thaw_all():
-    for name in CATCH:  # a second signal must not cut the thaw short
-        signal.signal(getattr(signal, name), signal.SIG_IGN)
+    stopping[0] = True  # from here on no signal raises: the thaw must run to its end
+    signal.pthread_sigmask(signal.SIG_BLOCK, CATCH)
     threads = [threading.Thread(target=thaw, args=(fd,), daemon=True) for fd in FDS]
     for thread in threads:
         thread.start()
@@ -120,6 +129,8 @@ class ThawSentinel:
         self.fds = list(fds)
         self.hold = list(hold)
         self._proc: subprocess.Popen[bytes] | None = None
+        self._lock = threading.Lock()
+        self._finished = False
         self.armed = False
 
     @property
@@ -152,20 +163,26 @@ class ThawSentinel:
             )
         return proc.pid
 
-    def arm(self, seconds: float) -> None:
-        """Thaw after ``seconds`` (+ a grace) unless ``finish()`` comes first."""
-        self._send(f"arm {max(0.0, seconds) + SENTINEL_GRACE:.3f}\n".encode())
-        self.armed = True
+    def arm(self, seconds: float) -> bool:
+        """Thaw after ``seconds`` (+ a grace) unless ``finish()`` comes first; whether the
+        helper is alive and got the word (never freeze without it)."""
+        self.armed = self.alive() and self._send(
+            f"arm {max(0.0, seconds) + SENTINEL_GRACE:.3f}\n".encode()
+        )
+        return self.armed
 
     def finish(self) -> None:
-        """Everything is thawed: let the helper exit without touching anything. Idempotent."""
-        proc = self._proc
-        if proc is None:
-            return
-        self._send(b"done\n")
-        with contextlib.suppress(OSError):
-            if proc.stdin is not None:
-                proc.stdin.close()
+        """Everything is thawed: let the helper exit without touching anything (it must not
+        thaw later: someone else may have frozen the file system by then). Idempotent."""
+        with self._lock:
+            proc = self._proc
+            if proc is None or self._finished:
+                return
+            self._finished = True
+            self._send(b"done\n")
+            with contextlib.suppress(OSError):
+                if proc.stdin is not None:
+                    proc.stdin.close()
 
     def close(self) -> None:
         """Reap the helper; if it was never told ``done``, closing its pipe makes it thaw."""
@@ -185,13 +202,16 @@ class ThawSentinel:
     def alive(self) -> bool:
         return self._proc is not None and self._proc.poll() is None
 
-    def _send(self, data: bytes) -> None:
+    def _send(self, data: bytes) -> bool:
         proc = self._proc
         if proc is None or proc.stdin is None or proc.stdin.closed:
-            return
-        with contextlib.suppress(OSError):  # the helper may be gone after its deadline
+            return False
+        try:
             proc.stdin.write(data)
             proc.stdin.flush()
+        except (OSError, ValueError):  # the helper is gone (its deadline, a kill)
+            return False
+        return True
 
     def _kill(self) -> None:
         if self._proc is not None:

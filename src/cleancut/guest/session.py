@@ -10,10 +10,9 @@ writers' holds, runs the post-scripts whose pre-script ran and deletes local sna
 
 from __future__ import annotations
 
-import contextlib
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -71,8 +70,6 @@ class GuestSession:
         self.frozen_at: float | None = None
         self.freeze_error: str | None = None
         self.input_closed = input_closed or threading.Event()
-        #: set while hooks run or the session releases: a stop signal waits for them
-        self.deferring = 0
         self._end_lock = threading.Lock()
         self._ended: dict[str, Any] | None = None
         self._stall_from: float | None = None  # monotonic, the first writer hold or FIFREEZE
@@ -86,15 +83,6 @@ class GuestSession:
         allowed = _AFTER.get(op)
         if allowed is not None and self.phase not in allowed:
             raise ProtocolError(f"operation {op!r} is not allowed after {self.phase!r}")
-
-    @contextlib.contextmanager
-    def deferred_stop(self) -> Iterator[None]:
-        """A stop signal arriving inside waits until the block is done (hooks, release)."""
-        self.deferring += 1
-        try:
-            yield
-        finally:
-            self.deferring -= 1
 
     @property
     def freeze_enabled(self) -> bool:
@@ -162,9 +150,11 @@ class GuestSession:
     def prepare(self) -> dict[str, Any]:
         """Pre-scripts, then the writers' slow preparation, then the providers' set-up."""
         self.enter("prepare")
+        self.phase = "preparing"  # a failed prepare is not tried again: release, then bye
         watchdog = self._watchdog()
-        with self.deferred_stop():
-            runs = self.hooks.run_pres(on_quiesced=watchdog.hold_started, expired=self._expired)
+        runs = self.hooks.run_pres(on_quiesced=watchdog.hold_started, expired=self._expired)
+        if self._expired():  # a pre-script that returned after the deadline
+            self.hooks.run_owed()  # resumes its application now; release reports it
         self._raise_if_expired("during the pre-scripts")
         self.writers.prepare()
         for provider in self.providers.values():
@@ -233,8 +223,9 @@ class GuestSession:
         }
         if args.snapshot:
             reply["snapshot"] = self.snapshot()
-            if args.thaw:
+            if args.thaw:  # a lone host: its hold is the whole window; resume at once
                 self._end_holds()
+                self.hooks.run_owed()  # reported by the thaw that follows
         return reply
 
     def _hold_started(self) -> None:
@@ -249,6 +240,8 @@ class GuestSession:
     def snapshot(self) -> dict[str, Any]:
         """Every provider makes its point-in-time image (inside the freeze: no disk I/O here)."""
         self.enter("snapshot")
+        # taken even when the holds already ended by themselves: the policy then judges it
+        # (an image clone of a thawed disk is still crash-consistent, for "degrade")
         self.snapshots, errors = snapshot_all(self.providers)
         self.phase = "snapshot"
         return {
@@ -269,8 +262,7 @@ class GuestSession:
         """Thaw in reverse order, end the writers' holds, run the post-scripts."""
         self.enter("thaw")
         times = self._end_holds()
-        with self.deferred_stop():
-            runs = self.hooks.run_posts()
+        runs = self.hooks.run_posts()
         self.phase = "thaw"
         return {**times, **self._figures(), "writers": self.writers.report(), "hooks": runs}
 
@@ -311,17 +303,14 @@ class GuestSession:
                 self.watchdog.settle()  # from here on it never fires
             thaw_started_at = time.time()
             errors: list[str] = []
+            # a hanging ioctl must not keep the databases held nor the post-scripts waiting:
+            # thaw what thaws at once and end the holds; release() waits for the rest
             if reason is None:
-                _attempt_thaw(errors, self.freezer, lambda f: f.thaw())
+                _attempt_thaw(errors, self.freezer, lambda f: f.thaw(wait=_QUICK_THAW))
                 self.writers.release()
             else:
-                # a hanging ioctl must not keep the databases held: thaw what thaws at once,
-                # end the holds, then give the rest its time
                 _attempt_thaw(errors, self.freezer, lambda f: f.cancel(wait=_QUICK_THAW))
                 self.writers.abort(f"the holds ended by themselves ({reason})")
-                if self.freezer is not None and self.freezer.frozen:
-                    errors.clear()
-                    _attempt_thaw(errors, self.freezer, lambda f: f.thaw())
             thawed_at = (self.freezer.thawed_at if self.freezer else None) or time.time()
             hold_ended_at = time.time()
             if self._stall_from is not None:
@@ -337,8 +326,10 @@ class GuestSession:
 
     def _expire(self, reason: str) -> None:
         """The watchdog's way out: end every hold now, then run the post-scripts."""
-        self._end_holds(reason)
-        self.hooks.run_posts(only_finished=True)
+        try:
+            self._end_holds(reason)
+        finally:
+            self.hooks.run_owed(only_finished=True)
 
     # -- upload / release --------------------------------------------------------------
 
@@ -376,26 +367,25 @@ class GuestSession:
         each step runs whatever the one before it did, and errors are reported. A stop
         signal arriving meanwhile waits for it."""
         errors: list[str] = []
-        with self.deferred_stop():
-            watchdog = self.watchdog
-            if watchdog is not None and watchdog.fired is not None:
-                watchdog.wait_fired(self.hooks.post_bound() + 30)  # its post-scripts first
-            ended = _attempt(errors, self._end_holds) or {}
-            errors += list(ended.get("thaw_errors", []))
-            # holds end before the post-scripts, which may write to the held databases
-            _attempt(errors, self.writers.close)
-            runs = _attempt(errors, self.hooks.run_posts) or []
-            for provider in self.providers.values():
-                _attempt(errors, provider.release)
-            if self.freezer is not None:
-                _attempt(errors, self.freezer.close)
-                stuck = self.freezer.stuck()
-                if stuck:
-                    errors.append(f"still frozen, the thaw ioctl hangs: {', '.join(stuck)}")
-            if watchdog is not None:
-                if watchdog.error is not None:
-                    errors.append(f"watchdog: {watchdog.error}")
-                _attempt(errors, watchdog.close)
+        watchdog = self.watchdog
+        if watchdog is not None and watchdog.fired is not None:
+            watchdog.wait_fired(self.hooks.post_bound() + 30)  # its post-scripts first
+        ended = _attempt(errors, self._end_holds) or {}
+        errors += list(ended.get("thaw_errors", []))
+        # holds end before the post-scripts, which may write to the held databases
+        _attempt(errors, self.writers.close)
+        runs = _attempt(errors, self.hooks.run_posts) or []
+        for provider in self.providers.values():
+            _attempt(errors, provider.release)
+        if self.freezer is not None:
+            _attempt(errors, self.freezer.close)
+            stuck = self.freezer.stuck()
+            if stuck:
+                errors.append(f"still frozen, the thaw ioctl hangs: {', '.join(stuck)}")
+        if watchdog is not None:
+            if watchdog.error is not None:
+                errors.append(f"watchdog: {watchdog.error}")
+            _attempt(errors, watchdog.close)
         self.phase = "released"
         return {
             "self_thawed": ended.get("self_thawed"),

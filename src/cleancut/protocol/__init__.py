@@ -110,6 +110,10 @@ ARGUMENTS: dict[str, type[Arguments]] = {
 }
 
 
+_MODELS: tuple[type[Arguments], ...] = (*ARGUMENTS.values(), RepositoryArgs)
+_FIELD_NAMES = frozenset(name for model in _MODELS for name in model.model_fields)
+
+
 def encode(message: dict[str, Any]) -> bytes:
     """One message as a line of compact JSON."""
     return json.dumps({"v": PROTOCOL_VERSION, **message}, separators=(",", ":")).encode() + b"\n"
@@ -163,8 +167,13 @@ def parse_request(message: dict[str, Any]) -> tuple[int, str, Arguments]:
 
 
 def _problem(error: Any) -> str:
-    where = ".".join(str(part) for part in error["loc"]) or "args"
-    return f"{where}: {error['msg']}"
+    # a location may hold the request's own dict keys (a URL with a password, say):
+    # only the models' field names and list positions are shown
+    parts = [
+        str(part) if isinstance(part, int) or part in _FIELD_NAMES else "<key>"
+        for part in error["loc"]
+    ]
+    return f"{'.'.join(parts) or 'args'}: {error['msg']}"
 
 
 def finite(value: float) -> float:

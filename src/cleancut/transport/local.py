@@ -85,8 +85,12 @@ class LocalChannel(Channel):
         with self._table_lock:
             sinks = [self._events[i] for i in sorted(self._events)]
         sink = sinks[-1] if sinks else None
-        if sink is not None:
+        if sink is None:
+            return
+        try:
             sink(str(message["event"]), dict(message.get("data") or {}))
+        except Exception as exc:  # a broken display must not stop the replies' routing
+            self.stderr.append(f"cleancut: event {message.get('event')!r} not shown: {exc}")
 
     def _drain(self, stream: IO[bytes]) -> None:
         for line in iter(stream.readline, b""):

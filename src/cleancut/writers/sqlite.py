@@ -9,6 +9,7 @@ was closed.
 from __future__ import annotations
 
 import sqlite3
+import time
 from typing import Any
 
 from cleancut.config.guest import Database
@@ -62,7 +63,7 @@ def handle(request):
         conn.execute("PRAGMA busy_timeout = %d" % int(request["busy_ms"]))
         conn.execute("BEGIN IMMEDIATE")
         held, lost = True, False
-        deadline = time.monotonic() + float(request["seconds"])
+        deadline = float(request["until"])  # CLOCK_MONOTONIC is one clock for all processes
         return {}
     if op == "release":
         details = {"held_until_release": held and not lost}
@@ -139,8 +140,10 @@ class SqliteWriter(Writer):
         return {k: v for k, v in answer.items() if k != "ok"}
 
     def hold(self, seconds: float) -> None:
+        # the deadline counts from now, not from when another writer let go of the lock
+        until = time.monotonic() + seconds
         wait = max(0.0, min(BUSY_TIMEOUT, seconds))
-        self._started().call("hold", wait + _RELEASE_TIMEOUT, seconds=seconds, busy_ms=wait * 1000)
+        self._started().call("hold", wait + _RELEASE_TIMEOUT, until=until, busy_ms=wait * 1000)
 
     def release(self) -> dict[str, Any]:
         answer = self._started().call("release", _RELEASE_TIMEOUT)
