@@ -175,6 +175,8 @@ class _Command:
             words.append(arg.partition("=")[2])  # --config=/path
         for word in filter(None, words):
             path = self.absolute(word)
+            if not word.startswith("/") and not os.path.lexists(path):
+                continue  # a plain word ("show", "freeze"), not a file where the command runs
             with _explained(path, role):
                 found = probe(path, executable=False)
             if found is None:

@@ -81,3 +81,15 @@ def test_command_by_bare_name_or_failing_is_a_clear_error(trusted_dir: Path) -> 
         password_of([str(failing)], config)
     assert caught.value.key == "repository.password_command"
     assert "exited with 3: nope" in caught.value.message
+
+
+def test_plain_words_are_no_files_even_where_anyone_may_write(
+    trusted_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`cleancut backup` may be run from /tmp: ``pass show backup/shop`` names no file
+    there, so the shared folder is no reason to refuse it (a file it names still would be)."""
+    monkeypatch.chdir("/tmp")
+    script = write_script(trusted_dir, "pw", 'echo "$1 $2"')
+    assert password_of([str(script), "show", "backup/shop"], app_file(trusted_dir)) == (
+        "show backup/shop"
+    )
