@@ -124,11 +124,13 @@ def _cleancut(
         restore_rp(manifest, mover, target, extract=ws.as_root)
         report = check(*_paths(_restored_shop(target / "app1")))
         result.checks.append(report)
-        stall = manifest.max_write_stall
+        stall, pause = manifest.max_write_stall, manifest.max_pause
+        paused = f", application pause {pause * 1000:.1f} ms" if pause is not None else ""
         say(
             f"{method} backup {index + 1}/{count}: level {manifest.level}, "
             f"group-consistent {'yes' if manifest.group_consistent else 'no'}, "
-            f"write stall {stall * 1000 if stall else 0:.1f} ms; restored: {_verdict(report)}"
+            f"write stall {stall * 1000 if stall else 0:.1f} ms{paused}; "
+            f"restored: {_verdict(report)}"
         )
     result.level = ", ".join(sorted(set(levels)))
     return result
