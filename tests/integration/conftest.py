@@ -84,11 +84,25 @@ def datastore() -> Iterator[Datastore]:
         store.open()
         yield store
     finally:
-        _CREATED_MOUNTS.update(disk.mountpoint for disk in store.disks.values())
+        mountpoints = [disk.mountpoint for disk in store.disks.values()]
+        _CREATED_MOUNTS.update(mountpoints)
         _CREATED_MOUNTS.add(store.path)
         store.close()
         # --one-file-system: never delete into a file system that failed to unmount
         subprocess.run(["rm", "-rf", "--one-file-system", str(root)], check=False)
+        for mountpoint in mountpoints:  # disks mounted elsewhere (a test's trusted_dir)
+            _remove_empty(mountpoint)
+
+
+def _remove_empty(mountpoint: Path) -> None:
+    """Remove a disk's mount point once it is unmounted, and its test folder if now empty."""
+    for folder in (mountpoint, mountpoint.parent):
+        if TEST_BASE not in folder.parents or os.path.ismount(folder):
+            return
+        try:
+            folder.rmdir()
+        except OSError:
+            return
 
 
 class CounterWriter:
