@@ -4,7 +4,7 @@ progress is never cut short by one.
 ``systemctl stop`` sends SIGTERM to every process of the unit and a terminal's Ctrl-C
 sends SIGINT to its whole process group. Both must end a backup promptly, but only after
 every host was released (thawed, holds ended, post-scripts run): :func:`deferred` holds
-such signals back while the release runs and delivers them afterwards.
+such signals back while the release runs, for the caller to act on afterwards.
 """
 
 from __future__ import annotations
@@ -43,9 +43,9 @@ def signal_number(exc: BaseException) -> int:
 
 
 @contextlib.contextmanager
-def deferred(*, reraise: bool = True) -> Iterator[list[int]]:
-    """Hold stop signals back inside the block; the first one is re-raised after it (or,
-    with ``reraise=False``, only listed in the yielded list for the caller to act on).
+def deferred() -> Iterator[list[int]]:
+    """Hold stop signals back inside the block; the ones that came are in the yielded list,
+    for the caller to act on once the block is done.
 
     Outside the main thread (where Python delivers signals) it does nothing.
     """
@@ -63,7 +63,3 @@ def deferred(*, reraise: bool = True) -> Iterator[list[int]]:
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
-    if received and reraise:
-        if received[0] == signal.SIGINT:
-            raise KeyboardInterrupt
-        raise StopSignal(received[0])

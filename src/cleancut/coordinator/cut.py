@@ -246,7 +246,7 @@ class Coordinator:
             finally:
                 channel.close(wait=self._release_bound(name))
 
-        with signals.deferred(reraise=False) as received:
+        with signals.deferred() as received:
             threads = [
                 threading.Thread(target=release, args=item, daemon=True, name=f"release-{item[0]}")
                 for item in self.channels.items()

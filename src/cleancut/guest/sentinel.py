@@ -131,7 +131,6 @@ class ThawSentinel:
         self._proc: subprocess.Popen[bytes] | None = None
         self._lock = threading.Lock()
         self._finished = False
-        self.armed = False
 
     @property
     def pid(self) -> int | None:
@@ -166,10 +165,9 @@ class ThawSentinel:
     def arm(self, seconds: float) -> bool:
         """Thaw after ``seconds`` (+ a grace) unless ``finish()`` comes first; whether the
         helper is alive and got the word (never freeze without it)."""
-        self.armed = self.alive() and self._send(
+        return self.alive() and self._send(
             f"arm {max(0.0, seconds) + SENTINEL_GRACE:.3f}\n".encode()
         )
-        return self.armed
 
     def finish(self) -> None:
         """Everything is thawed: let the helper exit without touching anything (it must not

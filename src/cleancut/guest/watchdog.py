@@ -85,11 +85,6 @@ class Watchdog:
 
     # -- what the session asks it ----------------------------------------------------------
 
-    @property
-    def holding(self) -> bool:
-        """Whether a hold has started and neither the deadline nor a settle ended it."""
-        return self._deadline is not None and not self._settled and self.fired is None
-
     def remaining(self) -> float | None:
         """Seconds left until the deadline (≤ 0 once passed), or None before the first hold."""
         deadline = self._deadline

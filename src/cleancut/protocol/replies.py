@@ -14,6 +14,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from cleancut.errors import ProtocolError
+from cleancut.manifest import HookRun
 
 Time = Annotated[float, Field(allow_inf_nan=False)]
 Seconds = Annotated[float, Field(ge=0, allow_inf_nan=False)]
@@ -71,26 +72,15 @@ class PlanReply(Reply):
     steps: list[str]
 
 
-class HookRunInfo(BaseModel):
-    """One run of one hook script (the manifest's HookRun, before the host is filled in)."""
+class HookRunInfo(HookRun):
+    """One run of one hook script: the manifest's :class:`~cleancut.manifest.HookRun`, before
+    the coordinator fills in the host, with its figures checked."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     host: str = ""
-    hook: str
-    source: str
-    phase: Literal["pre", "post"]
-    argv: list[str]
-    ok: bool
-    returncode: int | None
     attempts: int = Field(ge=0)
     duration: Seconds
-    timed_out: bool = False
-    continue_on_failure: bool = False
-    stdout: str = ""
-    stderr: str = ""
-    error: str | None = None
-    volumes: list[str] = []
 
 
 class WriterReport(Reply):
