@@ -6,6 +6,7 @@
     ├── ConfigError (2)              a config file or argument is wrong; nothing was touched
     ├── HookSecurityError (2)        a hook or config file fails the permission checks
     ├── HostUnreachable (5)          the transport could not reach a host's guest agent
+    ├── HostRefused (10)             reached, but the SSH handshake failed: key or host key
     ├── HostFailed (6)               a host answered, but a phase failed on it
     │   └── GuestError (6)           the error as the guest reported it
     ├── ProtocolError (6)            the guest and coordinator disagree on the protocol
@@ -17,6 +18,7 @@
     ├── MoverError (7)               restic failed; carries restic's own message
     ├── CatalogError (1)             the local index is unreadable
     ├── NotFound (8)                 no such recovery point / resource
+    ├── AlreadyRunning (11)          another backup of the application runs (coordinator.runlock)
     ├── Interrupted (130, 143, ...)  Ctrl-C or SIGTERM: every host was released first
     └── RestoreRefused (2)           a restore would overwrite live data without --in-place
 
@@ -94,6 +96,14 @@ class HostUnreachable(CleancutError):
     """The host's guest agent could not be reached."""
 
     exit_code = 5
+
+
+class HostRefused(CleancutError):
+    """The host answered on the network, but SSH could not authenticate either way: the
+    host refused the backup key, or its host key is unknown or changed. Retrying will not
+    help; the config or the host's authorized_keys/known_hosts must be fixed."""
+
+    exit_code = 10
 
 
 class HostFailed(CleancutError):

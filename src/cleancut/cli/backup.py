@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,7 @@ from cleancut.coordinator import Coordinator
 from cleancut.coordinator.policy import post_script_failures
 from cleancut.errors import EXIT_DEGRADED, EXIT_POST_FAILED
 from cleancut.manifest import Manifest
+from cleancut.transport import open_channel
 
 
 def backup(
@@ -20,6 +22,12 @@ def backup(
     json_output: bool = JSON,
     dry_run: bool = typer.Option(
         False, "--dry-run", help="Print every step and restic command; touch nothing."
+    ),
+    accept_new_host_keys: bool = typer.Option(
+        False,
+        "--accept-new-host-keys",
+        help="Add the host key of an SSH host that is not in its known_hosts yet (first "
+        "contact only; a changed key is still refused).",
     ),
 ) -> None:
     """Take one recovery point (RP) of the application: every host at one consistent cut.
@@ -29,9 +37,11 @@ def backup(
     and is group-consistent, 3 when it was committed at a weaker level (on_failure =
     "degrade"), 9 when it was committed but a post-script failed (the application may
     still be quiesced; a warning on stderr names the host and the hook), 4 when
-    on_failure = "abort" refused it, 2 for a configuration error, 5 / 6 when a host was
-    unreachable / failed a phase. Ctrl-C or SIGTERM release every host first (thaw, end
-    the database holds, run the post-scripts), then exit with 130 or 143.
+    on_failure = "abort" refused it, 2 for a configuration error, 5 when a host was
+    unreachable (no route, refused port, timeout), 10 when an SSH host refused the backup
+    key or its host key is unknown or changed, 6 when a host failed a phase, 11 when
+    another backup of the application is running. Ctrl-C or SIGTERM release every host
+    first (thaw, end the database holds, run the post-scripts), then exit with 130 or 143.
     """
     loaded = load(config)
     access, mover = open_repository(loaded)
@@ -50,7 +60,12 @@ def backup(
                     err.print(f"warning: {problem}", markup=False)
 
         coordinator = Coordinator(
-            loaded, access=access, mover=mover, catalog=catalog, on_event=on_event
+            loaded,
+            access=access,
+            mover=mover,
+            catalog=catalog,
+            on_event=on_event,
+            connect=functools.partial(open_channel, accept_new_host_key=accept_new_host_keys),
         )
         if dry_run:
             plan = coordinator.dry_run()

@@ -19,7 +19,7 @@ from cleancut.guest.freezer import Freezer
 from cleancut.guest.hooks import HookSpec, collect_hooks
 from cleancut.guest.host_checks import check_snapshot_targets, freeze_paths
 from cleancut.guest.security import check_hook_command, load_trusted_guest
-from cleancut.providers import make_provider
+from cleancut.providers import disk_providers, volume_providers
 
 app = typer.Typer(
     help="Check, generate, show and describe configuration files.", no_args_is_help=True
@@ -43,9 +43,7 @@ def check_guest(path: Path) -> GuestConfig:
 def _check_volumes(config: GuestConfig, hooks: list[HookSpec]) -> None:
     """What the guest checks at hello about its volumes: each provider's own rules, what
     can be frozen, and that no snapshot is written onto a file system the host freezes."""
-    providers = {
-        name: make_provider(name, volume, config.staging) for name, volume in config.volumes.items()
-    }
+    providers = {**volume_providers(config), **disk_providers(config)}
     for provider in providers.values():
         provider.check()
     freezer = Freezer(freeze_paths(config, hooks), allow_root=config.allow_root_freeze)
@@ -69,12 +67,19 @@ def _check_hook(spec: HookSpec) -> None:
 
 @app.command("check")
 def check(config: Path = APP_CONFIG) -> None:
-    """Validate the application config and every guest config it names (local hosts).
+    """Validate the application config and the guest config of each local host.
 
     Exits 2 with the file, the key, what was wrong and what would be valid.
     """
     loaded = load_app(config)
     for name, host in loaded.config.hosts.items():
+        if host.guest_config is None:
+            out.print(
+                f"host {name}: {host.connect}: its guest config lives on the host and is "
+                "checked there at hello (`cleancut backup --dry-run` runs that check)",
+                markup=False,
+            )
+            continue
         guest = check_guest(host.guest_config)
         out.print(
             f"host {name}: {host.guest_config} ok — {len(guest.volumes)} volume(s), "
@@ -100,7 +105,9 @@ def show(config: Path = APP_CONFIG) -> None:
     loaded = load_app(config)
     effective: dict[str, Any] = loaded.config.model_dump(mode="json")
     for name, host in loaded.config.hosts.items():
-        effective["hosts"][name]["guest"] = load_guest(host.guest_config).model_dump(mode="json")
+        if host.guest_config is not None:  # an SSH host's guest config lives on the host
+            guest = load_guest(host.guest_config)
+            effective["hosts"][name]["guest"] = guest.model_dump(mode="json")
     print(json.dumps(effective, indent=2))
 
 

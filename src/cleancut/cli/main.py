@@ -28,7 +28,7 @@ app.add_typer(catalog_cmd.app, name="catalog")
 app.command("backup")(backup.backup)
 app.command("points")(points.points)
 app.command("restore")(restore.restore)
-app.command("guest")(guest.guest)
+app.add_typer(guest.app, name="guest")
 app.command("demo")(demo.demo)
 
 

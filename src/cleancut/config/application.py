@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -27,11 +29,94 @@ class Repository(Strict):
         return self
 
 
-class Host(Strict):
-    """A machine holding resources, and how to reach its guest agent."""
+#: ``ssh://[user@]address[:port]``: the user, an address or name, an optional port.
+_SSH_URL = re.compile(
+    r"^ssh://(?:(?P<user>[A-Za-z0-9_][A-Za-z0-9_.-]*)@)?(?P<host>\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9][A-Za-z0-9.-]*)(?::(?P<port>[0-9]{1,5}))?$"
+)
 
-    connect: Literal["local"] = "local"
-    guest_config: Path
+
+@dataclass(frozen=True)
+class SshTarget:
+    """Where ``connect = "ssh://…"`` points."""
+
+    user: str
+    address: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"{self.user}@{self.address}:{self.port}"
+
+
+class Host(Strict):
+    """A machine holding resources, and how to reach its guest agent.
+
+    ``connect = "local"`` runs the agent as a child process with ``guest_config``.
+    ``connect = "ssh://user@address:port"`` runs it through OpenSSH: the guest config is
+    then chosen on the host, by the forced command of the backup key (``cleancut guest
+    authorize``), never by the coordinator. Host keys are always checked against
+    ``known_hosts`` (required); only ``accept_new_host_key = true`` (or ``--accept-new-host-keys``)
+    lets a host that is not in it yet be added on first contact.
+    """
+
+    connect: str = "local"
+    guest_config: Path | None = None
+    identity_file: Path | None = None
+    known_hosts: Path | None = None
+    accept_new_host_key: bool = False
+    connect_timeout: Duration = 10.0
+    keepalive_interval: Duration = 5.0
+    keepalive_count: int = Field(default=3, ge=1, le=100)
+
+    @field_validator("connect")
+    @classmethod
+    def _known_transport(cls, value: str) -> str:
+        if value == "local":
+            return value
+        if not value.startswith("ssh://"):
+            raise ValueError(
+                f'{value!r} is not a transport: use "local" or "ssh://user@address:port"'
+            )
+        match = _SSH_URL.match(value)
+        if match is None or (match["port"] and not 0 < int(match["port"]) < 65536):
+            raise ValueError(
+                f'{value!r} is not an SSH address: write "ssh://user@address:port" '
+                '(user and port optional; e.g. "ssh://root@198.18.0.11:22")'
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _fits_transport(self) -> Host:
+        if self.connect == "local":
+            if self.guest_config is None:
+                raise ValueError('connect = "local" needs guest_config (the path of guest.toml)')
+            ssh_only = [
+                key for key in ("identity_file", "known_hosts") if getattr(self, key) is not None
+            ]
+            if ssh_only:
+                raise ValueError(f'{ssh_only[0]} is only used with connect = "ssh://…"')
+            return self
+        if self.guest_config is not None:
+            raise ValueError(
+                "guest_config cannot be given for an SSH host: the host's own authorized_keys "
+                "line (its forced command, see `cleancut guest authorize`) decides which guest "
+                "config runs; remove guest_config"
+            )
+        if self.known_hosts is None:
+            raise ValueError(
+                "an SSH host needs known_hosts (a file with its host key): cleancut never "
+                "connects to a host whose key it cannot check; e.g. ssh-keyscan the host "
+                "once into a file you trust, or set accept_new_host_key = true for the first run"
+            )
+        return self
+
+    @property
+    def ssh(self) -> SshTarget | None:
+        """The SSH target, or None for a local host."""
+        match = _SSH_URL.match(self.connect)
+        if match is None:
+            return None
+        address = match["host"].strip("[]")
+        return SshTarget(match["user"] or "root", address, int(match["port"] or 22))
 
 
 class AppConfig(Strict):

@@ -10,10 +10,15 @@ from pydantic import Field, StringConstraints, field_validator, model_validator
 
 from cleancut.config.base import Duration, Strict
 
-SnapshotKind = Literal["image", "copy", "btrfs", "reflink"]
+SnapshotKind = Literal["image", "copy", "btrfs", "reflink", "external"]
 DatabaseKind = Literal["sqlite"]
 Name = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=64)]
 Sha256 = Annotated[str, StringConstraints(pattern=r"^[0-9a-fA-F]{64}$")]
+#: ``host/volume``: the application's host name, then that host's volume name.
+VolumeRef = Annotated[
+    str,
+    StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}/[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"),
+]
 
 #: Providers whose snapshot is written inside the volume's own file system: freezing it
 #: would make the snapshot wait for the thaw, and the guest would wait for itself forever.
@@ -31,7 +36,12 @@ def _must_be_absolute(value: Path | None) -> Path | None:
 
 
 class Volume(Strict):
-    """A mount point or directory whose contents one snapshot provider captures."""
+    """A mount point or directory whose contents one snapshot provider captures.
+
+    ``snapshot = "external"``: another host makes the snapshot, the way a hypervisor or a
+    cloud snapshots a VM's disk. This host only freezes the volume; the host that holds
+    the disk image declares it under ``[disks]`` with ``backs = "THIS-HOST/VOLUME"``.
+    """
 
     path: Path
     snapshot: SnapshotKind = "image"
@@ -82,6 +92,24 @@ class Database(Strict):
         if not value.is_absolute():
             raise ValueError(f"{value} is not an absolute path")
         return value
+
+
+class DiskImage(Strict):
+    """A VM's disk image held on this host (a datastore, the hypervisor's view).
+
+    ``backs`` names the host and volume whose file system lives in the image (the host's
+    name in the application config): that host freezes the volume, this host clones the
+    image (FICLONE, on the image's own file system) while it is frozen.
+    """
+
+    image: Path
+    backs: VolumeRef
+    staging: Path | None = None
+
+    @field_validator("image", "staging")
+    @classmethod
+    def _absolute(cls, value: Path | None) -> Path | None:
+        return _must_be_absolute(value)
 
 
 class HookPins(Strict):
@@ -159,6 +187,7 @@ class GuestConfig(Strict):
 
     volumes: dict[Name, Volume] = Field(default_factory=dict)
     databases: dict[Name, Database] = Field(default_factory=dict)
+    disks: dict[Name, DiskImage] = Field(default_factory=dict)
     hooks: list[Hook] = Field(default_factory=list)
     hooks_import: HooksImport = Field(default_factory=HooksImport)
     staging: Path = Path("/var/lib/cleancut/staging")
@@ -197,6 +226,15 @@ class GuestConfig(Strict):
                     f"hooks.{index}.volumes (hook {hook.name}): no volume named "
                     f"{unknown[0]!r} (volumes: {known})"
                 )
+        for name in self.disks:
+            if name in self.volumes:
+                raise ValueError(
+                    f"disks.{name}: a volume is called {name!r} too; give the disk another name"
+                )
+        backed = [disk.backs for disk in self.disks.values()]
+        twice = sorted({ref for ref in backed if backed.count(ref) > 1})
+        if twice:
+            raise ValueError(f"disks: two disks back the same volume {twice[0]!r}")
         names = [hook.name for hook in self.hooks]
         duplicates = sorted({n for n in names if names.count(n) > 1})
         if duplicates:

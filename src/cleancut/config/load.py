@@ -11,7 +11,7 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
-from cleancut.config.application import AppConfig
+from cleancut.config.application import AppConfig, Host
 from cleancut.config.guest import GuestConfig
 from cleancut.errors import ConfigError
 
@@ -63,10 +63,7 @@ def load_app(path: Path) -> LoadedApp:
     path = path.absolute()
     config = validate(AppConfig, read_toml(path), str(path))
     base = path.parent
-    hosts = {
-        name: host.model_copy(update={"guest_config": base / host.guest_config})
-        for name, host in config.hosts.items()
-    }
+    hosts = {name: _resolve_host(host, base) for name, host in config.hosts.items()}
     repo = config.repository
     if repo.password_file is not None:
         repo = repo.model_copy(update={"password_file": base / repo.password_file})
@@ -74,6 +71,16 @@ def load_app(path: Path) -> LoadedApp:
     if config.catalog is not None:
         update["catalog"] = base / config.catalog
     return LoadedApp(config=config.model_copy(update=update), path=path)
+
+
+def _resolve_host(host: Host, base: Path) -> Host:
+    """``host`` with its relative paths taken from the application file's folder."""
+    update = {
+        key: base / value
+        for key in ("guest_config", "identity_file", "known_hosts")
+        if (value := getattr(host, key)) is not None
+    }
+    return host.model_copy(update=update)
 
 
 def load_guest(path: Path) -> GuestConfig:

@@ -75,7 +75,7 @@ def _member(report: HostReport, name: str, verdict: MemberVerdict) -> Member:
         provider=volume["provider"],
         layout=snapshot.get("layout", "tree"),
         source_path=volume["path"],
-        image_path=volume.get("image"),
+        image_path=volume.get("image") or details.get("image"),
         fstype=details.get("fstype") or volume.get("fstype"),
         frozen=verdict.frozen,
         level=verdict.level,

@@ -20,6 +20,13 @@ from cleancut import __version__, protocol, signals
 from cleancut.catalog import Catalog
 from cleancut.config.load import LoadedApp
 from cleancut.coordinator.assemble import build_manifest
+from cleancut.coordinator.disks import (
+    DiskPair,
+    disks_by_datastore,
+    file_clones,
+    pair_disks,
+    upload_of,
+)
 from cleancut.coordinator.policy import (
     HostReport,
     blocking_hook_failures,
@@ -27,6 +34,7 @@ from cleancut.coordinator.policy import (
     judge_member,
     rp_level,
 )
+from cleancut.coordinator.runlock import AppLock
 from cleancut.errors import CleancutError, HostFailed, Interrupted, PolicyAbort
 from cleancut.manifest import MANIFEST_FILENAME, MANIFEST_TAG, Manifest, new_rp_id
 from cleancut.mover.base import Mover, RepositoryAccess
@@ -92,6 +100,8 @@ class Coordinator:
         #: the stop signal (Ctrl-C, SIGTERM) that ended the cut, if one did
         self.stopped_by: int | None = None
         self._sent: dict[str, set[str]] = {}
+        #: external volumes and the disks (on other hosts) that back them
+        self.pairs: list[DiskPair] = []
 
     # -- plumbing ----------------------------------------------------------------------
 
@@ -109,11 +119,14 @@ class Coordinator:
         on_event: Callable[[str], Any] | None = None,
         keep: Callable[[str, dict[str, Any]], None] | None = None,
         announce: bool = True,
+        hosts: list[str] | None = None,
     ) -> dict[str, dict[str, Any]]:
         """``op`` on every host in parallel; returns when all answered (the barrier).
 
         ``keep`` receives each host's answer as it arrives, so the answers of the hosts
         that did answer are kept when another one fails.
+
+        ``hosts`` limits the call to some hosts (all by default).
 
         ``timeout`` bounds each host's answer (a number, or a function of the host). The
         calls run in daemon threads and the wait is interruptible: Ctrl-C reaches the
@@ -124,7 +137,8 @@ class Coordinator:
             self.on_event("phase", {"phase": op, "state": "start", "rp": self.rp_id})
         results: dict[str, dict[str, Any]] = {}
         errors: dict[str, BaseException] = {}
-        pending = [len(self.channels)]
+        targets = list(self.channels) if hosts is None else hosts
+        pending = [len(targets)]
         lock, done = threading.Lock(), threading.Event()
 
         def one(name: str) -> None:
@@ -148,11 +162,11 @@ class Coordinator:
                     if pending[0] <= 0:
                         done.set()
 
-        for name in self.channels:
+        for name in targets:
             threading.Thread(target=one, args=(name,), daemon=True, name=f"{op}-{name}").start()
-        while self.channels and not done.wait(_POLL):
+        while targets and not done.wait(_POLL):
             pass  # timed: the main thread wakes to run signal handlers (Ctrl-C)
-        for name in self.channels:  # the first host in the config's order that failed
+        for name in targets:  # the first host in the config's order that failed
             if name in errors:
                 raise errors[name]
         if announce:
@@ -201,6 +215,8 @@ class Coordinator:
         for name, answer in answers.items():
             self.reports[name].hello = answer
         self._measure_clocks()
+        # before anything is held: an unpaired external volume or disk is a config error
+        self.pairs = pair_disks(self.reports)
 
     def _measure_clocks(self, rounds: int = _CLOCK_ROUNDS) -> None:
         """Each host's clock offset, NTP's way, from the quickest of a few ``clock`` round
@@ -305,6 +321,10 @@ class Coordinator:
         Whatever happens — an error, a policy abort, Ctrl-C, SIGTERM — every host is
         released before this returns; an interruption then raises :class:`Interrupted`.
         """
+        with AppLock(self.config.name):  # refused here while another cut of it runs
+            return self._run()
+
+    def _run(self) -> CutOutcome:
         created = datetime.now(UTC)
         try:
             manifest = self._cut(created)
@@ -333,8 +353,9 @@ class Coordinator:
         self._all("prepare", timeout=self._prepare_bound, keep=self._keep("prepare"))
         self._abort_before_freeze()
         # each guest snapshots inside its own freeze: one round trip less of write stall;
-        # a lone host's hold is the whole quiet window, so it thaws without waiting
-        alone = len(self.channels) == 1
+        # a lone host's hold is the whole quiet window, so it thaws without waiting (unless
+        # it holds a volume whose disk it clones itself: that clone is its own step)
+        alone = len(self.channels) == 1 and not self.pairs
         frozen = self._all(
             "freeze",
             lambda _n: {"snapshot": True, "thaw": alone},
@@ -344,6 +365,15 @@ class Coordinator:
         for name, answer in frozen.items():
             self.reports[name].snapshot = answer.pop("snapshot")
             self.reports[name].freeze = answer
+        if self.pairs:  # every host holds: the datastores clone the VMs' disks now
+            chosen = disks_by_datastore(self.pairs)
+            clones = self._all(
+                "snapshot_disks",
+                lambda name: {"disks": chosen[name]},
+                timeout=timeout + _SLACK,
+                hosts=[name for name in self.channels if name in chosen],
+            )
+            file_clones(self.pairs, self.reports, clones)
         self._all("thaw", timeout=self._post_bound, keep=self._keep("thaw"))
         manifest = self._judge(created)
         self._upload(manifest)
@@ -424,8 +454,13 @@ class Coordinator:
             timeout=None,
             on_event=sink,
         )
+        external = {(pair.host, pair.volume): pair for pair in self.pairs}
         for member in manifest.members:
-            upload = answers[member.host]["uploads"].get(member.resource)
+            pair = external.get((member.host, member.resource))
+            if pair is not None:
+                upload = upload_of(pair, answers)
+            else:
+                upload = answers[member.host]["uploads"].get(member.resource)
             if upload is not None:
                 member.repository_snapshot = upload["snapshot_id"]
                 member.bytes_processed = upload["bytes_processed"]
@@ -446,6 +481,10 @@ class Coordinator:
                     parents.setdefault(member.host, {})[member.resource] = (
                         member.repository_snapshot
                     )
+        for pair in self.pairs:  # a disk's parent is the previous snapshot of its volume
+            parent = parents.get(pair.host, {}).get(pair.volume)
+            if parent is not None:
+                parents.setdefault(pair.datastore, {})[pair.disk] = parent
         return parents
 
     def _commit(self, manifest: Manifest) -> CutOutcome:

@@ -140,7 +140,7 @@ def judge_member(report: HostReport, resource: str) -> MemberVerdict:
     if frozen or (provider == "btrfs" and held):
         # a frozen or atomic snapshot: the held databases and quiesced hooks make it whole
         consistent = held
-    elif provider == "image":
+    elif provider in ("image", "external"):
         # An image clone sees only what reached the disk image: without a freeze, quiesced
         # data may still sit in the guest's page cache, so hooks alone do not make it whole.
         consistent = False

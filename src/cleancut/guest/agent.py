@@ -174,6 +174,9 @@ class GuestAgent:
         if op == "upload":
             assert isinstance(args, protocol.UploadArgs)
             return session.upload(args, self.emit)
+        if op == "snapshot_disks":
+            assert isinstance(args, protocol.SnapshotDisksArgs)
+            return session.snapshot_disks(args)
         steps = {"prepare": session.prepare, "snapshot": session.snapshot, "thaw": session.thaw}
         return steps.get(op, session.release)()
 

@@ -10,6 +10,7 @@ writers' holds, runs the post-scripts whose pre-script ran and deletes local sna
 
 from __future__ import annotations
 
+import collections
 import threading
 import time
 from collections.abc import Callable
@@ -29,8 +30,8 @@ from cleancut.guest.host_checks import check_snapshot_targets, freeze_paths
 from cleancut.guest.upload import Emit, Uploads
 from cleancut.guest.watchdog import Watchdog
 from cleancut.guest.writer_set import WriterSet
-from cleancut.protocol import FreezeArgs, HelloArgs, PlanArgs, UploadArgs
-from cleancut.providers import make_provider, snapshot_all
+from cleancut.protocol import FreezeArgs, HelloArgs, PlanArgs, SnapshotDisksArgs, UploadArgs
+from cleancut.providers import disk_providers, snapshot_all, volume_providers
 from cleancut.providers.base import Provider, Snapshot
 from cleancut.system.mounts import mount_of
 
@@ -45,6 +46,7 @@ _AFTER = {
     "prepare": {"hello"},
     "freeze": {"prepare"},
     "snapshot": {"freeze"},
+    "snapshot_disks": {"snapshot", "freeze"},
     "thaw": {"snapshot", "freeze"},
     "upload": {"thaw"},
 }
@@ -63,6 +65,9 @@ class GuestSession:
         self.freeze_timeout = 10.0
         self.hooks = HookPhases([])
         self.providers: dict[str, Provider] = {}
+        #: the disk images this host holds for other hosts' external volumes
+        self.disks: dict[str, Provider] = {}
+        self.disk_snapshots: dict[str, Snapshot] = {}
         self.writers = WriterSet({})
         self.freezer: Freezer | None = None
         self.watchdog: Watchdog | None = None
@@ -74,7 +79,8 @@ class GuestSession:
         self._ended: dict[str, Any] | None = None
         self._stall_from: float | None = None  # monotonic, the first writer hold or FIFREEZE
         self._stall_until: float | None = None
-        self.uploads = Uploads("", self.providers)
+        self._disks_taken = False
+        self.uploads = Uploads("", collections.ChainMap(self.providers, self.disks))
 
     # -- phase bookkeeping -------------------------------------------------------------
 
@@ -107,13 +113,12 @@ class GuestSession:
         self.freeze_timeout = args.freeze_timeout
         self.hooks = HookPhases(collect_hooks(self.config), self.rp_id, list(self.config.volumes))
         self.hooks.check()
-        staging = self.config.staging
-        for name, volume in self.config.volumes.items():
-            provider = make_provider(name, volume, staging)
+        self.providers.update(volume_providers(self.config))
+        self.disks.update(disk_providers(self.config))
+        for provider in [*self.providers.values(), *self.disks.values()]:
             provider.check()
-            self.providers[name] = provider
         self.freezer = Freezer(self._freeze_paths(), allow_root=self.config.allow_root_freeze)
-        check_snapshot_targets(self.providers, self.freezer.mounts)
+        check_snapshot_targets({**self.providers, **self.disks}, self.freezer.mounts)
         self.writers = WriterSet(dict(self.config.databases))
         databases = self.writers.check()
         self.watchdog = Watchdog(self.freeze_timeout, self._expire)
@@ -125,23 +130,28 @@ class GuestSession:
             "databases": databases,
             "hooks": self.hooks.inventory(),
             "freeze_enabled": self.freeze_enabled,
+            "disks": {name: disk.describe() for name, disk in self.disks.items()},
         }
 
     def _volume_inventory(self) -> dict[str, Any]:
         inventory = {}
         for name, volume in self.config.volumes.items():
-            provider = self.providers[name]
+            provider = self.providers.get(name)
+            mount: str | None = None
+            fstype: str | None = None
             try:
-                mount = str(mount_of(volume.path).mount_point)
+                fs = mount_of(volume.path)
+                mount, fstype = str(fs.mount_point), fs.fstype
             except CleancutError:
-                mount = None
+                pass
             inventory[name] = {
                 "path": str(volume.path),
                 "provider": volume.snapshot,
                 "freeze": volume.frozen and self.freeze_enabled,
-                "unheld_level": provider.unheld_level,
+                # an external snapshot is an image clone: without a hold, crash-consistent
+                "unheld_level": provider.unheld_level if provider else "crash",
                 "mount": mount,
-                **provider.describe(),
+                **(provider.describe() if provider else {"fstype": fstype}),
             }
         return inventory
 
@@ -157,7 +167,7 @@ class GuestSession:
             self.hooks.run_owed()  # resumes its application now; release reports it
         self._raise_if_expired("during the pre-scripts")
         self.writers.prepare()
-        for provider in self.providers.values():
+        for provider in [*self.providers.values(), *self.disks.values()]:
             provider.prepare(self.rp_id)
         assert self.freezer is not None
         if self.freezer.mounts:
@@ -245,18 +255,32 @@ class GuestSession:
         self.snapshots, errors = snapshot_all(self.providers)
         self.phase = "snapshot"
         return {
-            "snapshots": {
-                name: {
-                    "taken_at": s.taken_at,
-                    "seconds": s.seconds,
-                    "layout": s.layout,
-                    "details": s.details,
-                }
-                for name, s in self.snapshots.items()
-            },
+            "snapshots": _describe(self.snapshots),
             "errors": errors,
             **self._self_thaw(),
         }
+
+    def snapshot_disks(self, args: SnapshotDisksArgs) -> dict[str, Any]:
+        """Clone the disk images of other hosts' volumes, while those hosts hold them.
+
+        The coordinator sends this once, after every host answered its freeze and before
+        any thaw; each named disk is cloned at once, in parallel, and errors are reported
+        per disk (the coordinator judges them).
+        """
+        self.enter("snapshot_disks")
+        if self.disk_snapshots or self._disks_taken:
+            raise ProtocolError("snapshot_disks: the disks of this cut were already cloned")
+        unknown = [name for name in args.disks if name not in self.disks]
+        if unknown:
+            known = ", ".join(sorted(self.disks)) or "none"
+            raise ProtocolError(
+                f"snapshot_disks: no disk named {unknown[0]!r} in {self.config_path} "
+                f"(disks: {known})"
+            )
+        self._disks_taken = True
+        chosen = {name: self.disks[name] for name in args.disks}
+        self.disk_snapshots, errors = snapshot_all(chosen)
+        return {"snapshots": _describe(self.disk_snapshots), "errors": errors}
 
     def thaw(self) -> dict[str, Any]:
         """Thaw in reverse order, end the writers' holds, run the post-scripts."""
@@ -336,7 +360,10 @@ class GuestSession:
     def upload(self, args: UploadArgs, emit: Emit) -> dict[str, Any]:
         """Each snapshot into the repository (see :class:`~cleancut.guest.upload.Uploads`)."""
         self.enter("upload")
-        uploads = self.uploads.run(self.snapshots, args, emit)
+        # a disk's upload is labelled with the host and volume it backs, like that volume's
+        labels = {name: self.config.disks[name].backs for name in self.disk_snapshots}
+        snapshots = {**self.snapshots, **self.disk_snapshots}
+        uploads = self.uploads.run(snapshots, args, emit, labels=labels)
         self.phase = "upload"
         return {"uploads": uploads}
 
@@ -357,6 +384,11 @@ class GuestSession:
             steps.append(f"freeze: FIFREEZE {names} (in parallel)")
         for name, provider in self.providers.items():
             steps.append(f"snapshot: {provider.kind} snapshot of volume {name}")
+        for name, volume in self.config.volumes.items():
+            if volume.snapshot == "external":
+                steps.append(f"snapshot: volume {name} is cloned by the host holding its disk")
+        for name, disk in self.config.disks.items():
+            steps.append(f"snapshot: FICLONE of disk {name} ({disk.image}), volume {disk.backs}")
         steps.append("thaw: FITHAW in reverse order; writers release; post-scripts")
         volumes = {name: volume.path for name, volume in self.config.volumes.items()}
         steps += self.uploads.plan(args.repository, args.app, args.host, volumes)
@@ -375,7 +407,7 @@ class GuestSession:
         # holds end before the post-scripts, which may write to the held databases
         _attempt(errors, self.writers.close)
         runs = _attempt(errors, self.hooks.run_posts) or []
-        for provider in self.providers.values():
+        for provider in [*self.providers.values(), *self.disks.values()]:
             _attempt(errors, provider.release)
         if self.freezer is not None:
             _attempt(errors, self.freezer.close)
@@ -394,6 +426,18 @@ class GuestSession:
             "not_run": self.hooks.not_run(),
             "errors": errors,
         }
+
+
+def _describe(snapshots: dict[str, Snapshot]) -> dict[str, Any]:
+    return {
+        name: {
+            "taken_at": s.taken_at,
+            "seconds": s.seconds,
+            "layout": s.layout,
+            "details": s.details,
+        }
+        for name, s in snapshots.items()
+    }
 
 
 def _attempt_thaw(

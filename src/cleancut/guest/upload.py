@@ -39,12 +39,19 @@ class Uploads:
         return {"cleancut": "", "app": app, "rp": self.rp_id, "host": host, "resource": resource}
 
     def run(
-        self, snapshots: Mapping[str, Snapshot], args: UploadArgs, emit: Emit
+        self,
+        snapshots: Mapping[str, Snapshot],
+        args: UploadArgs,
+        emit: Emit,
+        *,
+        labels: Mapping[str, str] | None = None,
     ) -> dict[str, Any]:
         """Each snapshot into the repository; per resource what the mover reported.
 
         ``args.parents`` are the resources' previous snapshots: the mover then skips
         unchanged files. A parent the repository no longer has only costs a full read.
+        ``labels`` gives the ``host/volume`` a snapshot belongs to when that is another
+        host's (a disk image cloned here): it is tagged as that host's volume.
         """
         mover = make_mover(RepositoryAccess(args.repository.url, args.repository.password))
         uploads: dict[str, Any] = {}
@@ -55,14 +62,15 @@ class Uploads:
                     raise HostFailed(f"upload of {resource} cancelled: release was asked for")
                 emit("progress", {"resource": resource, **figures})
 
-            tags = self.tags(args.app, args.host, name)
+            owner, _, resource = (labels or {}).get(name, f"{args.host}/{name}").partition("/")
+            tags = self.tags(args.app, owner, resource)
             provider = self.providers[name]
             # the provider that took the snapshot knows when restic may skip unchanged files
             options = provider.upload_options(args.parents.get(name))
             try:
                 result = mover.backup(
                     snap.path,
-                    host=args.host,
+                    host=owner,
                     tags=tags,
                     progress=progress,
                     parent=options.parent,
@@ -72,7 +80,7 @@ class Uploads:
             except MoverError:
                 if options.parent is None:
                     raise  # a parent the repository lost only costs a full read
-                result = mover.backup(snap.path, host=args.host, tags=tags, progress=progress)
+                result = mover.backup(snap.path, host=owner, tags=tags, progress=progress)
             warning = None
             try:
                 provider.uploaded(result.snapshot_id)

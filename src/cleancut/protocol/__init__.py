@@ -35,6 +35,7 @@ OPERATIONS = (
     "prepare",
     "freeze",
     "snapshot",
+    "snapshot_disks",
     "thaw",
     "upload",
     "release",
@@ -74,6 +75,12 @@ class FreezeArgs(Arguments):
     thaw: bool = False
 
 
+class SnapshotDisksArgs(Arguments):
+    """The disk images to clone now, for volumes that other hosts hold frozen."""
+
+    disks: list[Name] = Field(min_length=1, max_length=1024)
+
+
 class PlanArgs(Arguments):
     """A dry run: the steps a cut would take, with the repository URL to show (masked)."""
 
@@ -103,6 +110,7 @@ ARGUMENTS: dict[str, type[Arguments]] = {
     "prepare": NoArguments,
     "freeze": FreezeArgs,
     "snapshot": NoArguments,
+    "snapshot_disks": SnapshotDisksArgs,
     "thaw": NoArguments,
     "upload": UploadArgs,
     "release": NoArguments,

@@ -49,11 +49,21 @@ class HookInfo(Reply):
     volumes: list[str]
 
 
+class DiskInfo(BaseModel):
+    """A disk image this host holds for another host's volume (``backs``: host/volume)."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    image: str
+    backs: str = Field(pattern=r"^[^/]+/[^/]+$")
+
+
 class Inventory(Reply):
     volumes: dict[str, VolumeInfo]
     databases: dict[str, dict[str, Any]]
     hooks: list[HookInfo]
     freeze_enabled: bool
+    disks: dict[str, DiskInfo] = {}
 
 
 class HelloReply(Reply):
@@ -108,6 +118,11 @@ class SnapshotReply(Reply):
     errors: dict[str, str]
     self_thawed: str | None
     self_thawed_at: Time | None
+
+
+class SnapshotDisksReply(Reply):
+    snapshots: dict[str, SnapshotInfo]
+    errors: dict[str, str]
 
 
 class FreezeReply(Reply):
@@ -176,6 +191,7 @@ REPLIES: dict[str, type[BaseModel]] = {
     "prepare": PrepareReply,
     "freeze": FreezeReply,
     "snapshot": SnapshotReply,
+    "snapshot_disks": SnapshotDisksReply,
     "thaw": ThawReply,
     "upload": UploadReply,
     "release": ReleaseReply,

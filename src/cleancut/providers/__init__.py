@@ -6,6 +6,8 @@ A table maps the ``snapshot =`` value of a volume to its provider class:
 * ``copy``    : the tree copied to another file system (freezable; the copy is write stall)
 * ``btrfs``   : read-only subvolume snapshot in the same file system (never frozen)
 * ``reflink`` : FICLONE of each file in the same file system (never frozen)
+* ``external``: made by another host, which holds the disk image (:mod:`.disk`); this host
+  only freezes the volume, so it has no provider here
 """
 
 from __future__ import annotations
@@ -13,11 +15,12 @@ from __future__ import annotations
 import threading
 from pathlib import Path
 
-from cleancut.config.guest import Volume
+from cleancut.config.guest import GuestConfig, Volume
 from cleancut.errors import CleancutError, ConfigError
 from cleancut.providers.base import Provider, Snapshot
 from cleancut.providers.btrfs import BtrfsProvider
 from cleancut.providers.copy import CopyProvider
+from cleancut.providers.disk import DiskProvider
 from cleancut.providers.image import ImageProvider
 from cleancut.providers.reflink import ReflinkProvider
 
@@ -47,6 +50,20 @@ def make_provider(name: str, volume: Volume, staging: Path) -> Provider:
     return cls(name, volume, staging)
 
 
+def volume_providers(config: GuestConfig) -> dict[str, Provider]:
+    """The provider of each volume this host snapshots itself (not the external ones)."""
+    return {
+        name: make_provider(name, volume, config.staging)
+        for name, volume in config.volumes.items()
+        if volume.snapshot != "external"
+    }
+
+
+def disk_providers(config: GuestConfig) -> dict[str, Provider]:
+    """The clone of each disk image this host holds for another host's volume."""
+    return {name: DiskProvider(name, disk, config.staging) for name, disk in config.disks.items()}
+
+
 def snapshot_all(providers: dict[str, Provider]) -> tuple[dict[str, Snapshot], dict[str, str]]:
     """Every provider's snapshot at once, one thread each: the write stall is the slowest
     snapshot, not the sum. Failures are returned per volume, never raised (runs frozen)."""
@@ -69,4 +86,12 @@ def snapshot_all(providers: dict[str, Provider]) -> tuple[dict[str, Snapshot], d
     return snapshots, errors
 
 
-__all__ = ["PROVIDERS", "Provider", "Snapshot", "make_provider", "snapshot_all"]
+__all__ = [
+    "PROVIDERS",
+    "Provider",
+    "Snapshot",
+    "disk_providers",
+    "make_provider",
+    "snapshot_all",
+    "volume_providers",
+]

@@ -2,29 +2,16 @@
 
 from __future__ import annotations
 
-import collections
-import contextlib
-import os
-import queue
-import subprocess
 import sys
-import threading
 from pathlib import Path
-from typing import IO, Any
 
-from cleancut import protocol
-from cleancut.errors import GuestError, HostUnreachable, ProtocolError
-from cleancut.transport.base import Channel, EventCallback
-
-_STDERR_LINES = 200
+from cleancut.transport.pipe import PipeChannel
 
 
-class LocalChannel(Channel):
+class LocalChannel(PipeChannel):
     """Spawns ``cleancut guest --config PATH`` and talks to it over pipes."""
 
     def __init__(self, host: str, guest_config: Path, *, command: list[str] | None = None) -> None:
-        self.host = host
-        self._send_lock = threading.Lock()
         # -I: never import from the working directory or PYTHON* variables (the guest runs as root)
         argv = command or [
             sys.executable,
@@ -35,138 +22,4 @@ class LocalChannel(Channel):
             "--config",
             str(guest_config),
         ]
-        try:
-            self._proc = subprocess.Popen(
-                argv,
-                stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                env={**os.environ, "NO_COLOR": "1"},
-                # its own session: a terminal's Ctrl-C reaches the coordinator only, which
-                # then releases every host in order instead of each guest on its own
-                start_new_session=True,
-            )
-        except OSError as exc:
-            raise HostUnreachable(f"host {host}: cannot start the guest agent: {exc}") from exc
-        self._waiting: dict[int, queue.Queue[dict[str, Any] | None]] = {}
-        self._events: dict[int, EventCallback | None] = {}
-        self._table_lock = threading.Lock()
-        self._closed = False
-        self.stderr: collections.deque[str] = collections.deque(maxlen=_STDERR_LINES)
-        assert self._proc.stdout is not None and self._proc.stderr is not None
-        threading.Thread(target=self._pump, args=(self._proc.stdout,), daemon=True).start()
-        threading.Thread(target=self._drain, args=(self._proc.stderr,), daemon=True).start()
-        self._next_id = 0
-
-    def _pump(self, stream: IO[bytes]) -> None:
-        """Route every message the guest sends to the call it answers (by id)."""
-        for line in iter(stream.readline, b""):
-            try:
-                message = protocol.decode(line)
-            except ProtocolError as exc:
-                self.stderr.append(f"cleancut: {exc.message}")
-                continue
-            if "event" in message:
-                self._deliver_event(message)
-                continue
-            ident = message.get("id")
-            with self._table_lock:
-                waiter = self._waiting.get(ident) if isinstance(ident, int) else None
-            if waiter is not None:
-                waiter.put(message)
-        with self._table_lock:
-            self._closed = True
-            waiters = list(self._waiting.values())
-        for waiter in waiters:
-            waiter.put(None)
-
-    def _deliver_event(self, message: dict[str, Any]) -> None:
-        # events belong to the newest call still waiting (the one the guest is working on)
-        with self._table_lock:
-            sinks = [self._events[i] for i in sorted(self._events)]
-        sink = sinks[-1] if sinks else None
-        if sink is None:
-            return
-        try:
-            sink(str(message["event"]), dict(message.get("data") or {}))
-        except Exception as exc:  # a broken display must not stop the replies' routing
-            self.stderr.append(f"cleancut: event {message.get('event')!r} not shown: {exc}")
-
-    def _drain(self, stream: IO[bytes]) -> None:
-        for line in iter(stream.readline, b""):
-            self.stderr.append(line.decode(errors="replace").rstrip())
-
-    def call(
-        self,
-        op: str,
-        args: dict[str, Any] | None = None,
-        *,
-        timeout: float | None = None,
-        on_event: EventCallback | None = None,
-    ) -> dict[str, Any]:
-        """Send one request and wait for its reply. Thread-safe: a ``release`` may be sent
-        while another call still waits for its answer."""
-        answers: queue.Queue[dict[str, Any] | None] = queue.Queue()
-        with self._table_lock:
-            self._next_id += 1
-            ident = self._next_id
-            self._waiting[ident] = answers
-            self._events[ident] = on_event
-            closed = self._closed
-        try:
-            if closed:
-                raise self._gone(f"no answer to {op!r}")
-            self._send(ident, op, args)
-            try:
-                message = answers.get(timeout=timeout)
-            except queue.Empty:
-                raise HostUnreachable(
-                    f"host {self.host}: no answer to {op!r} within {timeout:.0f}s"
-                ) from None
-        finally:
-            with self._table_lock:
-                self._waiting.pop(ident, None)
-                self._events.pop(ident, None)
-        if message is None:
-            raise self._gone(f"no answer to {op!r}")
-        if message.get("ok"):
-            return dict(message.get("result") or {})
-        error = message.get("error") or {}
-        raise GuestError(self.host, str(error.get("kind")), str(error.get("message")))
-
-    def _send(self, ident: int, op: str, args: dict[str, Any] | None) -> None:
-        stdin = self._proc.stdin
-        assert stdin is not None
-        data = protocol.encode(protocol.request(ident, op, args))
-        try:
-            with self._send_lock:
-                stdin.write(data)
-                stdin.flush()
-        except (BrokenPipeError, ValueError, OSError) as exc:
-            raise self._gone(f"cannot send {op!r}") from exc
-
-    def _gone(self, what: str) -> HostUnreachable:
-        try:
-            code = self._proc.wait(timeout=2)
-        except subprocess.TimeoutExpired:
-            code = None
-        tail = "; ".join(list(self.stderr)[-5:])
-        detail = f" (exit code {code})" if code is not None else ""
-        return HostUnreachable(f"host {self.host}: guest agent went away{detail}: {what}. {tail}")
-
-    def close(self, wait: float = 30.0) -> None:
-        """Close the guest's input (it releases everything and exits) and reap it; SIGTERM
-        after ``wait`` seconds (it still releases), SIGKILL as long again later."""
-        if self._proc.stdin is not None and not self._proc.stdin.closed:
-            with contextlib.suppress(OSError):
-                self._proc.stdin.close()
-        try:
-            self._proc.wait(timeout=wait)
-        except subprocess.TimeoutExpired:
-            # SIGTERM lets the guest release (thaw, post-scripts) on its way out
-            self._proc.terminate()
-            try:
-                self._proc.wait(timeout=wait)
-            except subprocess.TimeoutExpired:
-                self._proc.kill()
-                self._proc.wait()
+        super().__init__(host, argv)

@@ -285,7 +285,8 @@ def test_config_error_from_the_installed_command(files: Files) -> None:
     assert done.stdout == ""
     assert done.stderr == (
         f"error: {bad}: hosts.app1.colour: unknown key 'colour'; "
-        "valid keys here: connect, guest_config\n"
+        "valid keys here: connect, guest_config, identity_file, known_hosts, "
+        "accept_new_host_key, connect_timeout, keepalive_interval, keepalive_count\n"
     )
 
 

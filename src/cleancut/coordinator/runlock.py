@@ -1,0 +1,81 @@
+"""One cut of an application at a time, per machine.
+
+Two backups of one application at once would fight over every host's freeze locks and
+commit two recovery points of overlapping cuts; the second is refused before it reaches
+any host. The lock is an ``flock`` on ``/run/lock/cleancut/APP.lock`` (a per-user folder
+when not root): the kernel drops it when its process ends, however it ends, so a killed
+coordinator never leaves a lock that blocks the next backup. This process opens the lock
+file once and keeps that descriptor; it never opens the file otherwise.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import tempfile
+import time
+from pathlib import Path
+from types import TracebackType
+
+from cleancut.errors import CleancutError
+
+
+class AlreadyRunning(CleancutError):
+    """Another cut of the same application is in progress."""
+
+    exit_code = 11
+
+
+def lock_folder() -> Path:
+    """``/run/lock/cleancut`` for root, else a folder of this user's."""
+    if os.geteuid() == 0:
+        return Path("/run/lock/cleancut")
+    runtime = os.environ.get("XDG_RUNTIME_DIR") or tempfile.gettempdir()
+    return Path(runtime) / f"cleancut-{os.geteuid()}"
+
+
+class AppLock:
+    """Held while one cut of ``app`` runs; a context manager."""
+
+    def __init__(self, app: str, folder: Path | None = None) -> None:
+        self.app = app
+        self.path = (folder or lock_folder()) / f"{app}.lock"
+        self._fd = -1
+
+    def acquire(self) -> None:
+        self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise AlreadyRunning(
+                f"application {self.app}: another backup is running ({holder}); wait for it "
+                "to finish, or stop it (it releases every host first). Lock: "
+                f"{self.path}"
+            ) from None
+        except BaseException:
+            os.close(fd)
+            raise
+        stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime())
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()}, since {stamp}\n".encode(), 0)
+        self._fd = fd
+
+    def release(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)  # closing drops the flock
+            self._fd = -1
+
+    def __enter__(self) -> AppLock:
+        self.acquire()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.release()
