@@ -347,8 +347,13 @@ class Coordinator:
         # the repository check (a restic start, key derivation included) overlaps the
         # guests' start-up instead of adding to it; it must pass before anything is touched
         repository = _Background(self.mover.ensure_repository)
-        self._open()
-        self._hello()
+        try:
+            self._open()
+            self._hello()
+        except BaseException:
+            # a restic init cut short by this process's exit leaves a broken repository
+            repository.wait()
+            raise
         repository.result()
         self._all("prepare", timeout=self._prepare_bound, keep=self._keep("prepare"))
         self._abort_before_freeze()
@@ -517,9 +522,13 @@ class _Background:
 
         threading.Thread(target=run, daemon=True, name="background").start()
 
-    def result(self) -> object:
+    def wait(self) -> None:
+        """Wait until the call ended, whatever it returned or raised."""
         while not self._done.wait(_POLL):
             pass
+
+    def result(self) -> object:
+        self.wait()
         if self._error is not None:
             raise self._error
         return self._value
