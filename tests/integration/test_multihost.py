@@ -145,7 +145,8 @@ def test_one_cut_across_hosts_with_a_disk_cloned_by_the_datastore(
     code, manifest, stderr = app.backup_json()
 
     assert code == 3, stderr  # vm2 has no hook or writer: file-system level, committed
-    assert manifest is not None and manifest["group_consistent"] is True, manifest["notes"]
+    assert manifest is not None
+    assert manifest["group_consistent"] is True, manifest["notes"]
     hosts = {h["host"]: h for h in manifest["hosts"]}
     assert set(hosts) == {"vm1", "vm2", "ds"}
     members = {(m["host"], m["resource"]): m for m in manifest["members"]}

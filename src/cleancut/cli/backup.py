@@ -55,6 +55,10 @@ def backup(
                 bars.update(f"{data.get('host')}/{data.get('resource')}", data)
             elif kind == "phase" and data.get("state") == "done":
                 err.print(f"  {data['phase']:<9} done in {fmt_ms(data.get('seconds'))}")
+            if kind == "host_failed" and not json_output:
+                err.print(
+                    f"  {data['phase']} failed on {data['host']}: {data['error']}", markup=False
+                )
             if kind == "released":  # what a host's release could not do is never dropped
                 for problem in data.get("problems", []):
                     err.print(f"warning: {problem}", markup=False)

@@ -66,13 +66,32 @@ def fmt_ms(seconds: float | None) -> str:
 
 
 class ProgressView:
-    """One progress bar per uploading or restoring resource, fed with the mover's figures."""
+    """One progress bar per uploading or restoring resource, fed with the mover's figures,
+    and, once two or more run at once (every host uploads in parallel), one for them all."""
+
+    TOTAL = "all hosts"
 
     def __init__(self, progress: Progress) -> None:
         self._progress = progress
         self._tasks: dict[str, TaskID] = {}
+        self._figures: dict[str, tuple[float, float]] = {}  # label: (done, total)
 
     def update(self, label: str, figures: dict[str, Any]) -> None:
+        self._update(label, figures)
+        done, total = figures.get("bytes_done") or 0, figures.get("total_bytes") or 0
+        if figures.get("done"):
+            done = total = max(done, total)
+        self._figures[label] = (float(done), float(total))
+        if len(self._figures) > 1:
+            self._update(
+                self.TOTAL,
+                {
+                    "bytes_done": sum(d for d, _ in self._figures.values()),
+                    "total_bytes": sum(t for _, t in self._figures.values()),
+                },
+            )
+
+    def _update(self, label: str, figures: dict[str, Any]) -> None:
         total = figures.get("total_bytes")
         done = figures.get("bytes_done")
         if label not in self._tasks:

@@ -166,9 +166,14 @@ class Coordinator:
             threading.Thread(target=one, args=(name,), daemon=True, name=f"{op}-{name}").start()
         while targets and not done.wait(_POLL):
             pass  # timed: the main thread wakes to run signal handlers (Ctrl-C)
-        for name in targets:  # the first host in the config's order that failed
-            if name in errors:
-                raise errors[name]
+        failed = [name for name in targets if name in errors]
+        if len(failed) > 1:  # each host's own failure is told, not only the first's
+            for name in failed:
+                error = errors[name]
+                message = error.message if isinstance(error, CleancutError) else repr(error)
+                self.on_event("host_failed", {"host": name, "phase": op, "error": message})
+        if failed:  # the first host in the config's order that failed
+            raise errors[failed[0]]
         if announce:
             seconds = round(time.time() - started, 4)
             self.on_event("phase", {"phase": op, "state": "done", "seconds": seconds})
