@@ -4,7 +4,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-PACKAGES=(restic xfsprogs btrfs-progs e2fsprogs sqlite3 util-linux python3-venv acl libcap2-bin)
+PACKAGES=(restic xfsprogs btrfs-progs e2fsprogs sqlite3 util-linux python3-venv acl libcap2-bin
+          openssh-server openssh-client iproute2)
 PY=${PYTHON:-python3}
 
 missing=()
@@ -19,7 +20,21 @@ if ((${#missing[@]})); then
     fi
     echo "setup: installing ${missing[*]}"
     apt-get update -qq
+    # openssh-server would start a system sshd on port 22 as it installs: forbid service
+    # starts for the install (exit 101), unless the machine has a policy-rc.d of its own.
+    policy=/usr/sbin/policy-rc.d
+    made_policy=
+    if [[ ! -e $policy && ! -L $policy ]]; then
+        printf '#!/bin/sh\nexit 101\n' >"$policy"
+        chmod 755 "$policy"
+        made_policy=1
+        trap 'rm -f "$policy"' EXIT
+    fi
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+    if [[ -n $made_policy ]]; then
+        rm -f "$policy"
+        trap - EXIT
+    fi
 fi
 
 if [[ ! -x .venv/bin/python ]]; then

@@ -21,6 +21,7 @@ import pytest
 
 from cleancut.demo import disks
 from cleancut.demo.disks import Datastore
+from tests.integration.testbed_fixtures import _testbeds_down_at_session_end, testbed  # noqa: F401
 
 SAFETY_NET_SECONDS = 60.0
 TEST_BASE = Path("/run/cleancut-tests")

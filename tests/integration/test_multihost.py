@@ -37,7 +37,7 @@ from tests.integration.cutlib import (
     sqlite_db,
     write_script,
 )
-from tests.integration.testbed_fixtures import TestbedFactory, testbed  # noqa: F401
+from tests.integration.testbed_fixtures import TestbedFactory
 
 pytestmark = [pytest.mark.root, pytest.mark.restic]
 
@@ -49,7 +49,7 @@ def cluster(
     request: pytest.FixtureRequest,
     datastore: Datastore,
     trusted_dir: Path,
-    testbed: TestbedFactory,  # noqa: F811
+    testbed: TestbedFactory,
 ) -> Iterator[MakeCluster]:
     def make(hosts: list[str]) -> Cluster:
         bed = testbed(hosts) if request.param == "ssh" else None
@@ -360,7 +360,7 @@ def test_the_coordinator_killed_while_a_host_is_frozen(
 
 
 @pytest.fixture
-def ssh_cluster(datastore: Datastore, trusted_dir: Path, testbed: TestbedFactory) -> MakeCluster:  # noqa: F811
+def ssh_cluster(datastore: Datastore, trusted_dir: Path, testbed: TestbedFactory) -> MakeCluster:
     def make(hosts: list[str]) -> Cluster:
         return Cluster("ssh", trusted_dir, datastore, testbed(hosts))
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -15,14 +16,9 @@ from typing import Any
 import pytest
 
 from cleancut.testbed import Testbed, read_state, teardown
-from cleancut.testbed.netns import enter, list_links, list_namespaces
-from cleancut.testbed.sshd import start_time
-from tests.integration import testbed_fixtures
+from cleancut.testbed.netns import enter, list_links, list_namespaces, pids_in
+from cleancut.testbed.sshd import start_time, stop
 from tests.integration.testbed_fixtures import TestbedFactory
-
-# until conftest.py imports them: the fixtures, seen by pytest in this module
-testbed = testbed_fixtures.testbed
-_testbeds_down_at_session_end = testbed_fixtures._testbeds_down_at_session_end
 
 pytestmark = pytest.mark.root
 
@@ -82,11 +78,11 @@ def test_ssh_runs_only_the_guest_agent(testbed: TestbedFactory) -> None:
     for name in bed.hosts:
         bed.set_guest_config(name, guest)
         assert ssh(bed, name).startswith("0:"), name  # the guest agent ran and ended at EOF
-    # the forced command runs whatever the client asks for: `id` prints nothing
+    # the forced command runs instead of whatever the client asks for: `id` never runs
     done = subprocess.run(
         [*bed.ssh_argv("h1"), "id"], stdin=subprocess.DEVNULL, capture_output=True, text=True
     )
-    assert done.returncode == 0 and "uid=" not in done.stdout
+    assert "uid=" not in done.stdout
     assert "forced-command" in bed.hosts["h1"].log.read_text()
     broken = bed.root / "guest-broken.toml"
     broken.write_text("volumes = [\n")
@@ -117,6 +113,38 @@ def test_cut_and_mend(testbed: TestbedFactory) -> None:
     finally:
         bed.hosts["h1"].mend()
     assert ssh(bed, "h1").startswith("0:")
+
+
+def guest_agents(namespace: str) -> list[int]:
+    """The guest agents running in ``namespace`` (started by its sshd)."""
+    found = []
+    for pid in pids_in(namespace):
+        with contextlib.suppress(OSError):
+            if b"cleancut\0guest" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                found.append(pid)
+    return found
+
+
+def test_cut_network_ends_the_session_on_the_host(testbed: TestbedFactory) -> None:
+    bed = testbed(["h1"])
+    host = bed.hosts["h1"]
+    proc = subprocess.Popen(bed.ssh_argv("h1", "-T"), stdin=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 10
+        while not guest_agents(host.namespace) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert guest_agents(host.namespace), "the session did not start"
+        host.cut()
+        cut_at = time.monotonic()
+        while guest_agents(host.namespace) and time.monotonic() - cut_at < 12:
+            time.sleep(0.1)
+        ended_after = time.monotonic() - cut_at
+        assert not guest_agents(host.namespace), "the guest agent outlived the cut"
+        assert ended_after < 10  # measured ~7 s: the sshd_config's ClientAlive settings
+    finally:
+        proc.kill()
+        proc.wait(timeout=5)
+        host.mend()
 
 
 def test_two_testbeds_take_their_own_blocks(testbed: TestbedFactory) -> None:
@@ -244,3 +272,17 @@ def test_sixteen_hosts_come_up_in_seconds(testbed: TestbedFactory) -> None:
     assert ssh(bed, "h16").startswith("0:")
     assert bed.down() == []
     assert leftovers(block, root, pids) == []
+
+
+def test_a_reused_pid_is_never_signalled() -> None:
+    proc = subprocess.Popen(["sleep", "60"])
+    try:
+        start = start_time(proc.pid)
+        assert start is not None
+        assert stop({proc.pid: start + 1}, grace=0.2) == []  # another process's start time
+        assert proc.poll() is None
+        assert stop({proc.pid: start}, grace=2) == []
+        assert proc.wait(timeout=5) == -signal.SIGTERM
+    finally:
+        proc.kill()
+        proc.wait()

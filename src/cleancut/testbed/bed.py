@@ -39,7 +39,7 @@ _CREATED: list[Testbed] = []
 
 def created_here() -> list[Testbed]:
     """The testbeds this process brought up and has not taken down yet."""
-    return [bed for bed in _CREATED if bed.state is not None]
+    return list(_CREATED)
 
 
 class Host:
@@ -274,18 +274,19 @@ class Testbed:
 
         Returns what could not be removed (empty when all went).
         """
-        state, self.state = self.state, None
+        state = self.state
         if state is None:
             return []
-        problems: list[str] = []
         if self._store is not None:
             self._store.close()
             self._store = None
-        problems += teardown(Path(state.root), state)
+        problems = teardown(Path(state.root), state)
         for host in self.hosts.values():
             if host.proc is not None:
                 with contextlib.suppress(subprocess.TimeoutExpired):
                     host.proc.wait(timeout=5)  # reap: it was stopped by teardown
+        # only now: a down interrupted half-way is finished by the session finaliser
+        self.state = None
         with contextlib.suppress(ValueError):
             _CREATED.remove(self)
         return problems
