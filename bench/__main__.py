@@ -1,7 +1,9 @@
-"""``python -m bench [--quick] [--only stall|mover]``: run cleancut's benchmarks, print figures.
+"""``python -m bench [--quick] [--only stall|mover|hosts]``: run cleancut's benchmarks.
 
-Both need root (loop devices, mounts, FIFREEZE) and restic. They measure and print; they
+They need root (loop devices, mounts, FIFREEZE) and restic. They measure and print; they
 assert nothing about speed. ``--quick`` runs few cuts on small data, for a smoke test.
+The host-count benchmark (``hosts``: a testbed of up to 16 SSH hosts, minutes) runs only
+when asked for with ``--only hosts`` (or ``python -m bench.hosts``).
 """
 
 from __future__ import annotations
@@ -9,13 +11,14 @@ from __future__ import annotations
 import argparse
 import time
 
-from bench import mover, stall
+from bench import hosts, mover, stall
 from bench.common import require_root, say
 
 FULL_CUTS = 50
 QUICK_CUTS = 2
 FULL_MIB = 1024
 QUICK_MIB = 64
+QUICK_HOSTS = (1, 2)
 
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:
@@ -26,9 +29,12 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
         help=f"{QUICK_CUTS} cuts without warm-up and {QUICK_MIB} MiB "
         f"(instead of {FULL_CUTS} cuts and {FULL_MIB} MiB)",
     )
-    parser.add_argument("--only", choices=["stall", "mover"], help="run one benchmark only")
+    parser.add_argument(
+        "--only", choices=["stall", "mover", "hosts"], help="run one benchmark only"
+    )
     parser.add_argument("--cuts", type=int, help="cuts per method for the stall benchmark")
     parser.add_argument("--mib", type=int, help="MiB of data for the mover benchmark")
+    hosts.add_arguments(parser)
     return parser.parse_args(argv)
 
 
@@ -41,6 +47,8 @@ def main(argv: list[str] | None = None) -> int:
     if cuts < 1 or mib < 1:
         say("--cuts and --mib must be at least 1")
         return 2
+    if args.only == "hosts":
+        return _hosts(args)
     status = 0
     for name in ("stall", "mover"):
         if args.only not in (None, name):
@@ -53,6 +61,20 @@ def main(argv: list[str] | None = None) -> int:
             status |= mover.run(mib)
         say(f"== {name} benchmark took {time.monotonic() - started:.0f} s ==")
         print(flush=True)
+    return status
+
+
+def _hosts(args: argparse.Namespace) -> int:
+    """The host-count benchmark; ``--quick``: 1 and 2 hosts, two rounds."""
+    counts = args.hosts or (QUICK_HOSTS if args.quick else hosts.COUNTS)
+    rounds = args.rounds or (QUICK_CUTS if args.quick else hosts.ROUNDS)
+    if rounds < 1 or args.delay_ms < 0:
+        say("--rounds must be at least 1 and --delay-ms at least 0")
+        return 2
+    started = time.monotonic()
+    say("== hosts benchmark ==")
+    status = hosts.run(counts, rounds, args.delay_ms)
+    say(f"== hosts benchmark took {time.monotonic() - started:.0f} s ==")
     return status
 
 
