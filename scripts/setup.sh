@@ -5,7 +5,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 PACKAGES=(restic xfsprogs btrfs-progs e2fsprogs sqlite3 util-linux python3-venv acl libcap2-bin
-          openssh-server openssh-client iproute2)
+          openssh-server openssh-client iproute2
+          postgresql-15 postgresql-client-15 mariadb-server mariadb-client mariadb-backup)
 PY=${PYTHON:-python3}
 
 missing=()
@@ -20,7 +21,8 @@ if ((${#missing[@]})); then
     fi
     echo "setup: installing ${missing[*]}"
     apt-get update -qq
-    # openssh-server would start a system sshd on port 22 as it installs: forbid service
+    # openssh-server, postgresql and mariadb-server would start system services as they
+    # install (sshd on port 22, the databases on theirs): forbid service
     # starts for the install (exit 101), unless the machine has a policy-rc.d of its own.
     policy=/usr/sbin/policy-rc.d
     made_policy=

@@ -22,8 +22,9 @@ from pathlib import Path
 from typing import Any
 
 from cleancut.errors import CleancutError, RestoreRefused
-from cleancut.manifest import Manifest, Member
+from cleancut.manifest import Manifest, Member, WriterRecord
 from cleancut.mover.base import Mover, ProgressCallback
+from cleancut.restore_steps import prepare_image, prepare_tree, records_for
 
 _FSCK = {
     "ext4": ["e2fsck", "-f", "-n"],
@@ -48,6 +49,8 @@ class RestoredMember:
     fsck_ok: bool | None = None
     fsck_output: str = ""
     databases: dict[str, bool] = field(default_factory=dict)
+    #: each writer's restore step, per database: one line per thing it did
+    writer_steps: dict[str, list[str]] = field(default_factory=dict)
 
 
 @dataclass
@@ -75,6 +78,7 @@ class RestoreReport:
                     "files": str(m.files) if m.files else None,
                     "fsck_ok": m.fsck_ok,
                     "databases": m.databases,
+                    "writer_steps": m.writer_steps,
                 }
                 for m in self.members
             ],
@@ -121,12 +125,21 @@ def restore_rp(
             def sink(figures: dict[str, Any], label: str = label) -> None:
                 progress(label, figures)
 
-        restored.append(_restore_member(member, mover, target, extract=extract, progress=sink))
+        records = records_for(manifest, member.host, member.resource)
+        restored.append(
+            _restore_member(member, mover, target, records, extract=extract, progress=sink)
+        )
     return RestoreReport(manifest.rp_id, target, restored)
 
 
 def _restore_member(
-    member: Member, mover: Mover, target: Path, *, extract: bool, progress: ProgressCallback | None
+    member: Member,
+    mover: Mover,
+    target: Path,
+    records: list[WriterRecord],
+    *,
+    extract: bool,
+    progress: ProgressCallback | None,
 ) -> RestoredMember:
     host_dir = target / member.host
     host_dir.mkdir(parents=True, exist_ok=True)
@@ -150,12 +163,14 @@ def _restore_member(
             os.replace(data, destination)
     result = RestoredMember(member.host, member.resource, destination)
     if member.layout == "file":
+        result.writer_steps = prepare_image(destination, member.fstype, records)
         result.fsck_ok, result.fsck_output = fsck_image(destination, member.fstype)
         if extract:
             result.files = host_dir / member.resource
             extract_image(destination, member.fstype, result.files)
     else:
         result.files = destination
+        result.writer_steps = prepare_tree(destination, records)
     if result.files is not None:
         result.databases = check_databases(result.files)
     return result
@@ -187,10 +202,11 @@ def restore_in_place(
     restored = []
     for member in manifest.members:
         sink = _member_progress(progress, member)
+        records = records_for(manifest, member.host, member.resource)
         if member.layout == "file":
-            restored.append(_replace_image(member, mover, sink))
+            restored.append(_replace_image(member, mover, sink, records))
         else:
-            restored.append(_replace_tree(member, mover, sink))
+            restored.append(_replace_tree(member, mover, sink, records))
     return RestoreReport(manifest.rp_id, Path("/"), restored)
 
 
@@ -214,7 +230,7 @@ def _member_progress(
 
 
 def _replace_image(
-    member: Member, mover: Mover, progress: ProgressCallback | None
+    member: Member, mover: Mover, progress: ProgressCallback | None, records: list[WriterRecord]
 ) -> RestoredMember:
     if not member.image_path:
         raise RestoreRefused(f"{member.host}/{member.resource}: the manifest names no image path")
@@ -224,15 +240,18 @@ def _replace_image(
     with tempfile.TemporaryDirectory(dir=image.parent, prefix=".cleancut-restore-") as scratch:
         mover.restore(member.repository_snapshot, Path(scratch) / "data", progress=progress)
         (restored,) = [p for p in (Path(scratch) / "data").iterdir() if p.is_file()]
+        steps = prepare_image(restored, member.fstype, records)
         ok, output = fsck_image(restored, member.fstype)
         if ok is False:
             raise CleancutError(f"{member.host}/{member.resource}: restored image fails fsck")
         os.replace(restored, image)
-    return RestoredMember(member.host, member.resource, image, fsck_ok=ok, fsck_output=output)
+    result = RestoredMember(member.host, member.resource, image, fsck_ok=ok, fsck_output=output)
+    result.writer_steps = steps
+    return result
 
 
 def _replace_tree(
-    member: Member, mover: Mover, progress: ProgressCallback | None
+    member: Member, mover: Mover, progress: ProgressCallback | None, records: list[WriterRecord]
 ) -> RestoredMember:
     target = Path(member.source_path)
     target.mkdir(parents=True, exist_ok=True)
@@ -250,6 +269,7 @@ def _replace_tree(
         for entry in data.iterdir():
             os.replace(entry, target / entry.name)
     result = RestoredMember(member.host, member.resource, target, files=target)
+    result.writer_steps = prepare_tree(target, records)
     result.databases = check_databases(target)
     return result
 
@@ -330,13 +350,17 @@ def attached_read_only(image: Path, fstype: str | None) -> Iterator[Path]:
 
 
 def extract_image(image: Path, fstype: str | None, destination: Path) -> None:
-    """Copy the files inside a restored disk image to ``destination``."""
+    """Copy the files inside a restored disk image to ``destination``, keeping owners,
+    modes, links, holes and xattrs (a database server refuses a data directory that is
+    not its own user's)."""
     with attached_read_only(image, fstype) as mounted:
-        shutil.copytree(mounted, destination, symlinks=True, ignore=_skip_lost_found)
-
-
-def _skip_lost_found(directory: str, names: list[str]) -> list[str]:
-    return ["lost+found"] if "lost+found" in names else []
+        destination.mkdir(parents=True, exist_ok=True)
+        os.chmod(destination, os.stat(mounted).st_mode & 0o7777)
+        entries = [str(p) for p in sorted(mounted.iterdir()) if p.name != "lost+found"]
+        if entries:
+            _run(["cp", "-a", "--sparse=always", *entries, str(destination)])
+        stat = os.stat(mounted)
+        os.chown(destination, stat.st_uid, stat.st_gid)
 
 
 def check_databases(files: Path) -> dict[str, bool]:

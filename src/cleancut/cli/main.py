@@ -8,7 +8,16 @@ import typer
 from rich.markup import escape
 
 from cleancut import __version__, signals
-from cleancut.cli import backup, catalog_cmd, config_cmd, demo, guest, points, restore
+from cleancut.cli import (
+    backup,
+    catalog_cmd,
+    config_cmd,
+    demo,
+    guest,
+    points,
+    restore,
+    verify,
+)
 from cleancut.cli.output import err
 from cleancut.errors import CleancutError, Interrupted
 
@@ -28,6 +37,7 @@ app.add_typer(catalog_cmd.app, name="catalog")
 app.command("backup")(backup.backup)
 app.command("points")(points.points)
 app.command("restore")(restore.restore)
+app.command("verify")(verify.verify)
 app.add_typer(guest.app, name="guest")
 app.command("demo")(demo.demo)
 

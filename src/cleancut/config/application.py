@@ -119,6 +119,19 @@ class Host(Strict):
         return SshTarget(match["user"] or "root", address, int(match["port"] or 22))
 
 
+class AppCheck(Strict):
+    """One of the application's own checks, run by ``cleancut verify`` on a restored RP.
+
+    ``run`` is an argv list (no shell), run in the application file's folder, with each
+    restored database as ``CLEANCUT_DB_<NAME>`` and each restored volume as
+    ``CLEANCUT_VOLUME_<NAME>`` in its environment; exit status 0 means it passed.
+    """
+
+    name: str = Field(min_length=1, max_length=200)
+    run: list[str] = Field(min_length=1)
+    timeout: Duration = 300.0
+
+
 class AppConfig(Strict):
     """One application: everything captured at one cut."""
 
@@ -128,10 +141,20 @@ class AppConfig(Strict):
     catalog: Path | None = None
     repository: Repository
     hosts: dict[HostName, Host] = Field(min_length=1)
+    checks: list[AppCheck] = Field(default_factory=list)
 
     @field_validator("freeze_timeout")
     @classmethod
     def _bounded(cls, value: float) -> float:
         if value > 600:
             raise ValueError("freeze_timeout above 10m would let a host stall writes too long")
+        return value
+
+    @field_validator("checks")
+    @classmethod
+    def _unique_check_names(cls, value: list[AppCheck]) -> list[AppCheck]:
+        names = [check.name for check in value]
+        twice = sorted({name for name in names if names.count(name) > 1})
+        if twice:
+            raise ValueError(f"checks: the name {twice[0]!r} is used twice")
         return value

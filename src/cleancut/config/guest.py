@@ -11,7 +11,7 @@ from pydantic import Field, StringConstraints, field_validator, model_validator
 from cleancut.config.base import Duration, Strict
 
 SnapshotKind = Literal["image", "copy", "btrfs", "reflink", "external"]
-DatabaseKind = Literal["sqlite"]
+DatabaseKind = Literal["sqlite", "postgresql", "mariadb", "mysql"]
 Name = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=64)]
 Sha256 = Annotated[str, StringConstraints(pattern=r"^[0-9a-fA-F]{64}$")]
 #: ``host/volume``: the application's host name, then that host's volume name.
@@ -79,10 +79,10 @@ class Volume(Strict):
         return self.freeze
 
 
-class Database(Strict):
-    """A database made consistent for the cut by a writer."""
+class SqliteDatabase(Strict):
+    """A SQLite database file, held with ``BEGIN IMMEDIATE`` for the cut."""
 
-    kind: DatabaseKind
+    kind: Literal["sqlite"]
     path: Path
     volume: Name
 
@@ -92,6 +92,60 @@ class Database(Strict):
         if not value.is_absolute():
             raise ValueError(f"{value} is not an absolute path")
         return value
+
+
+class PostgresqlDatabase(Strict):
+    """A PostgreSQL server, held with ``pg_backup_start`` for the cut.
+
+    ``dsn`` is a libpq connection string or URI (a password belongs in a ``passfile=``,
+    not in the config). ``volume`` holds the data directory; its WAL directory and every
+    tablespace must lie in volumes of this host too, which hello checks against the
+    running server. ``lock_timeout`` bounds ``CHECKPOINT`` and ``pg_backup_start``
+    (never more than what is left of the cut's deadline).
+    """
+
+    kind: Literal["postgresql"]
+    dsn: str = Field(min_length=1)
+    volume: Name
+    lock_timeout: Duration = 10.0
+
+
+class MariadbDatabase(Strict):
+    """A MariaDB or MySQL server, held with ``FLUSH TABLES WITH READ LOCK`` for the cut.
+
+    Reached by ``socket`` or by ``host``/``port``, as ``user`` with the password read from
+    ``password_file`` (if any). ``lock_timeout`` bounds the wait for the global read lock
+    (a long query in the way): past it the lock is given up and the server never stays
+    read-only.
+    """
+
+    kind: Literal["mariadb", "mysql"]
+    socket: Path | None = None
+    host: str | None = None
+    port: int = Field(default=3306, ge=1, le=65535)
+    user: str = Field(default="root", min_length=1)
+    password_file: Path | None = None
+    volume: Name
+    lock_timeout: Duration = 5.0
+
+    @field_validator("socket", "password_file")
+    @classmethod
+    def _absolute(cls, value: Path | None) -> Path | None:
+        return _must_be_absolute(value)
+
+    @model_validator(mode="after")
+    def _one_way_in(self) -> MariadbDatabase:
+        if (self.socket is None) == (self.host is None):
+            raise ValueError(
+                'give exactly one of socket = "/run/mysqld/mysqld.sock" or host = "ADDRESS" '
+                "(with port) to reach the server"
+            )
+        return self
+
+
+Database = Annotated[
+    SqliteDatabase | PostgresqlDatabase | MariadbDatabase, Field(discriminator="kind")
+]
 
 
 class DiskImage(Strict):
@@ -218,7 +272,8 @@ class GuestConfig(Strict):
                 raise ValueError(
                     f"databases.{name}.volume: no volume named {db.volume!r} (volumes: {known})"
                 )
-            _database_inside_volume(name, db, self.volumes[db.volume])
+            if isinstance(db, SqliteDatabase):
+                _database_inside_volume(name, db, self.volumes[db.volume])
         for index, hook in enumerate(self.hooks):
             unknown = [v for v in hook.volumes or [] if v not in self.volumes]
             if unknown:
@@ -242,7 +297,7 @@ class GuestConfig(Strict):
         return self
 
 
-def _database_inside_volume(name: str, db: Database, volume: Volume) -> None:
+def _database_inside_volume(name: str, db: SqliteDatabase, volume: Volume) -> None:
     """Refuse a database whose file lies outside its volume: that volume's snapshot would
     not contain it, and the writer would hold a database nobody captures."""
     path = PurePosixPath(os.path.normpath(db.path))

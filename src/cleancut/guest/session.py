@@ -120,7 +120,7 @@ class GuestSession:
         self.freezer = Freezer(self._freeze_paths(), allow_root=self.config.allow_root_freeze)
         check_snapshot_targets({**self.providers, **self.disks}, self.freezer.mounts)
         self.writers = WriterSet(dict(self.config.databases))
-        databases = self.writers.check()
+        databases = self.writers.check({n: v.path for n, v in self.config.volumes.items()})
         self.watchdog = Watchdog(self.freeze_timeout, self._expire)
         if self.input_closed.is_set():
             self.watchdog.input_closed()

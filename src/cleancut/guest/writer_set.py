@@ -8,19 +8,21 @@ hold starts after it.
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from cleancut.config.guest import Database
-from cleancut.errors import CleancutError
+from cleancut.errors import CleancutError, ConfigError
 from cleancut.writers import Writer, make_writer
 
 
 @dataclass
 class _State:
-    writer: Writer
+    writer: Writer[Any]
     volume: str
     kind: str
     ok: bool = True
@@ -43,12 +45,16 @@ class WriterSet:
     def __bool__(self) -> bool:
         return bool(self._states)
 
-    def check(self) -> dict[str, Any]:
-        """What hello reports per database (kind, volume, version, mode)."""
-        return {
-            name: {"kind": s.kind, "volume": s.volume, **s.writer.check()}
-            for name, s in self._states.items()
-        }
+    def check(self, volumes: dict[str, Path]) -> dict[str, Any]:
+        """What hello reports per database (kind, volume, version, mode, where its files
+        are); refuses a database whose files lie outside the volumes of this host."""
+        report = {}
+        for name, state in self._states.items():
+            found = state.writer.check()
+            inside = _inside_volumes(name, state.volume, state.writer.locations(), volumes)
+            state.details["files"] = inside
+            report[name] = {"kind": state.kind, "volume": state.volume, **found, "files": inside}
+        return report
 
     def names(self) -> list[tuple[str, str]]:
         return [(name, s.kind) for name, s in self._states.items()]
@@ -99,7 +105,7 @@ class WriterSet:
         for state in holding:
             state.writer.abort()
 
-    def _each(self, step: Callable[[Writer], Any]) -> None:
+    def _each(self, step: Callable[[Writer[Any]], Any]) -> None:
         for state in self._states.values():
             if not state.ok:
                 continue  # a failed writer takes no further step
@@ -127,3 +133,43 @@ class WriterSet:
     def close(self) -> None:
         for state in self._states.values():
             state.writer.close()
+
+
+def _inside_volumes(
+    name: str, volume: str, locations: dict[str, Path], volumes: dict[str, Path]
+) -> dict[str, dict[str, str]]:
+    """Each location as ``{"volume": V, "path": relative}``; a ConfigError for one that no
+    volume holds (its files would be missing from the cut) or, for the database's own
+    data, one outside its declared ``volume``."""
+    placed: dict[str, dict[str, str]] = {}
+    for label, location in locations.items():
+        real = Path(os.path.realpath(location))
+        holder = _holding_volume(real, volumes)
+        if holder is None:
+            known = ", ".join(f"{v} ({p})" for v, p in sorted(volumes.items())) or "none"
+            raise ConfigError(
+                f"databases.{name}: its {label} {real} lies in no volume of this host "
+                f"(volumes: {known}); a snapshot would miss it. Declare a [volumes.NAME] "
+                f"whose path holds {real}, or move the {label} into volume {volume!r}"
+            )
+        vol, rel = holder
+        if label in ("database file", "data directory") and vol != volume:
+            raise ConfigError(
+                f"databases.{name}.volume: its {label} {real} is in volume {vol!r}, not "
+                f"{volume!r}; set volume = {vol!r}"
+            )
+        placed[label] = {"volume": vol, "path": rel}
+    return placed
+
+
+def _holding_volume(path: Path, volumes: dict[str, Path]) -> tuple[str, str] | None:
+    """The volume whose path holds ``path`` (the deepest one) and the path inside it."""
+    best: tuple[str, Path] | None = None
+    for vol, root in volumes.items():
+        real_root = Path(os.path.realpath(root))
+        inside = path == real_root or path.is_relative_to(real_root)
+        if inside and (best is None or len(real_root.parts) > len(best[1].parts)):
+            best = (vol, real_root)
+    if best is None:
+        return None
+    return best[0], str(path.relative_to(best[1]))

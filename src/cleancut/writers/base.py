@@ -6,26 +6,37 @@ thread when the guest's deadline passes; ``close`` runs on every path, so a hold
 released even when a phase fails or the coordinator disappears. A hold must really hold:
 the process that takes a database's lock never otherwise opens its files (see
 :mod:`cleancut.writers.helper`).
+
+``locations`` tells where the database keeps its files, asked of the running server, so
+hello can refuse a database whose WAL or tablespace lies outside every volume of the cut.
 """
 
 from __future__ import annotations
 
 import abc
-from typing import Any
+from pathlib import Path
+from typing import Any, Generic, TypeVar
 
-from cleancut.config.guest import Database
+from cleancut.config.guest import MariadbDatabase, PostgresqlDatabase, SqliteDatabase
+
+D = TypeVar("D", SqliteDatabase, PostgresqlDatabase, MariadbDatabase)
 
 
-class Writer(abc.ABC):
+class Writer(abc.ABC, Generic[D]):
     """Makes one database consistent for the cut and records its position."""
 
-    def __init__(self, name: str, database: Database) -> None:
+    def __init__(self, name: str, database: D) -> None:
         self.name = name
-        self.database = database
+        self.database: D = database
 
     @abc.abstractmethod
     def check(self) -> dict[str, Any]:
         """Reach the database and report what hello shows (version, mode). Touches nothing."""
+
+    @abc.abstractmethod
+    def locations(self) -> dict[str, Path]:
+        """Where the database keeps its files, by what they are ("data directory", "WAL",
+        "tablespace spc1"): absolute paths on this host. Called after :meth:`check`."""
 
     @abc.abstractmethod
     def prepare(self) -> dict[str, Any]:
@@ -34,11 +45,14 @@ class Writer(abc.ABC):
     @abc.abstractmethod
     def hold(self, seconds: float) -> None:
         """Stop the database's writes reaching disk until release (held session), for at most
-        ``seconds``: the hold ends by itself then, even if this process is stopped."""
+        ``seconds``: the hold ends by itself then, even if this process is stopped. Taking
+        the hold itself must also end within ``seconds`` (or the writer's own lock timeout,
+        if shorter), or fail with :class:`~cleancut.errors.WriterError`."""
 
     @abc.abstractmethod
     def release(self) -> dict[str, Any]:
-        """End the hold; returns the recorded position (LSN, page count, ...)."""
+        """End the hold; returns the recorded position (LSN, binlog position, page count, ...)
+        and whatever the restore needs (PostgreSQL's ``backup_label``), JSON-serialisable."""
 
     @abc.abstractmethod
     def abort(self) -> None:

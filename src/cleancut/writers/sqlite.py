@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import sqlite3
 import time
+from pathlib import Path
 from typing import Any
 
-from cleancut.config.guest import Database
+from cleancut.config.guest import SqliteDatabase
 from cleancut.errors import WriterError
 from cleancut.writers.base import Writer
 from cleancut.writers.helper import HelperProcess
@@ -103,7 +104,7 @@ finally:
 """
 
 
-class SqliteWriter(Writer):
+class SqliteWriter(Writer[SqliteDatabase]):
     """Holds a SQLite database's write lock while its volume is snapshotted.
 
     ``BEGIN IMMEDIATE`` takes the RESERVED lock: readers go on, writers wait (or get
@@ -112,7 +113,7 @@ class SqliteWriter(Writer):
     happens while the file system is frozen.
     """
 
-    def __init__(self, name: str, database: Database) -> None:
+    def __init__(self, name: str, database: SqliteDatabase) -> None:
         super().__init__(name, database)
         self._helper: HelperProcess | None = None
 
@@ -134,6 +135,9 @@ class SqliteWriter(Writer):
             "journal_mode": answer.get("journal_mode"),
             "holder_pid": self._started().pid,
         }
+
+    def locations(self) -> dict[str, Path]:
+        return {"database file": self.database.path}
 
     def prepare(self) -> dict[str, Any]:
         answer = self._started().call("prepare", _CALL_TIMEOUT)
