@@ -416,6 +416,13 @@ def test_guest_sample_with_its_commented_parts_enabled_still_loads(tmp_path: Pat
                     "sha256",
                     "volumes",
                     "max_freeze",
+                    "kind",
+                    "dsn",
+                    "volume ",
+                    "lock_timeout",
+                    "socket",
+                    "user",
+                    "password_file",
                 )
             )
         ):
@@ -431,3 +438,5 @@ def test_guest_sample_with_its_commented_parts_enabled_still_loads(tmp_path: Pat
     assert guest.hooks[0].sha256.pre == "0" * 64
     assert guest.hooks[0].volumes == ["orders"]
     assert guest.max_freeze_timeout == 60.0
+    assert guest.databases["shop"].kind == "postgresql"
+    assert guest.databases["invoices"].kind == "mariadb"

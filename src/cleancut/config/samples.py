@@ -26,6 +26,14 @@ password_file = "/etc/cleancut/shop.pass"
 [hosts.app1]
 connect = "local"
 guest_config = "/etc/cleancut/guest.toml"
+
+# The application's own checks, run by `cleancut verify` on a restored recovery point
+# (argv, no shell, in this file's folder). Each gets CLEANCUT_DB_<NAME> (a connection URI
+# of the sandbox's server, or a SQLite file) and CLEANCUT_VOLUME_<NAME> (a restored folder).
+# [[checks]]
+# name = "every order has its invoice"
+# run = ["python3", "checks/orders_have_invoices.py"]
+# timeout = "5m"
 """
 
 GUEST_SAMPLE = """\
@@ -51,6 +59,21 @@ freeze = true
 kind = "sqlite"
 path = "/srv/orders/orders.db"
 volume = "orders"
+
+# [databases.shop]                    # PostgreSQL: pg_backup_start held through the snapshot
+# kind = "postgresql"
+# dsn = "host=/run/postgresql dbname=postgres user=postgres"
+# volume = "orders"                   # holds the data directory; WAL and tablespaces must
+#                                     # lie in volumes of this host too (hello checks)
+# lock_timeout = "10s"
+
+# [databases.invoices]                # MariaDB/MySQL: FLUSH TABLES WITH READ LOCK held
+# kind = "mariadb"                    # or "mysql"
+# socket = "/run/mysqld/mysqld.sock"  # or host = "127.0.0.1" and port = 3306
+# user = "root"
+# password_file = "/etc/cleancut/mariadb.pass"   # optional; mode 600
+# volume = "orders"
+# lock_timeout = "5s"                 # past it the lock is given up: never left read-only
 
 # [[hooks]]
 # name = "app-quiesce"
