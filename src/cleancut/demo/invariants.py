@@ -19,12 +19,12 @@ copies, or on the live shop only while its load is stopped or paused.
 from __future__ import annotations
 
 import re
-import sqlite3
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from cleancut.errors import NotFound
+from cleancut.demo.shopdb import is_server, open_db
+from cleancut.errors import CleancutError, NotFound
 
 _RECEIPT = re.compile(r"^(\d+)\.txt$")
 _SAMPLE = 20
@@ -71,23 +71,21 @@ class InvariantReport:
         return data
 
 
-def _read_db(db: Path, query: str) -> tuple[set[int], bool]:
-    """The ids ``query`` selects and whether the database passes its integrity check."""
-    if not db.is_file():
-        raise NotFound(f"{db}: shop database not found; was it restored to this path?")
+def _read_db(target: str, table: str) -> tuple[set[int], bool]:
+    """The order ids in ``table`` and whether the database passes its integrity check."""
+    if not is_server(target) and not Path(target).is_file():
+        raise NotFound(f"{target}: shop database not found; was it restored to this path?")
     try:
-        conn = sqlite3.connect(f"file:{db}?mode=rw", uri=True, timeout=30.0)
-    except sqlite3.Error as exc:
-        raise NotFound(f"{db}: cannot open the shop database: {exc}") from exc
-    try:
+        db = open_db(target, busy_timeout=30.0)
+    except CleancutError as exc:
+        raise NotFound(exc.message) from exc
+    with db:
         try:
-            ok = [row[0] for row in conn.execute("PRAGMA integrity_check")] == ["ok"]
-            ids = {row[0] for row in conn.execute(query)}
-        except sqlite3.DatabaseError:
-            return set(), False  # corrupt beyond reading: nothing in it counts
+            ok = db.intact()
+            ids = db.ids(table)
+        except Exception:  # corrupt beyond reading (any driver's error): nothing in it counts
+            return set(), False
         return ids, ok
-    finally:
-        conn.close()
 
 
 def _read_receipts(receipts_dir: Path) -> set[int]:
@@ -102,10 +100,11 @@ def _read_receipts(receipts_dir: Path) -> set[int]:
     return ids
 
 
-def check(orders_db: Path, invoices_db: Path, receipts_dir: Path) -> InvariantReport:
-    """Check the shop's cross-resource invariants on one copy of its three resources."""
-    orders, orders_ok = _read_db(orders_db, "SELECT id FROM orders")
-    invoices, invoices_ok = _read_db(invoices_db, "SELECT order_id FROM invoices")
+def check(orders_db: Path | str, invoices_db: Path | str, receipts_dir: Path) -> InvariantReport:
+    """Check the shop's cross-resource invariants on one copy of its three resources; each
+    database is a SQLite file or a server URI (:mod:`cleancut.demo.shopdb`)."""
+    orders, orders_ok = _read_db(str(orders_db), "orders")
+    invoices, invoices_ok = _read_db(str(invoices_db), "invoices")
     receipts = _read_receipts(receipts_dir)
     orphan_invoices = invoices - orders
     orphan_receipts = receipts - orders

@@ -1,11 +1,12 @@
 """The shop's load generator: correlated orders, invoices and receipts, with a quiesce control.
 
 Run as ``python -m cleancut.demo.load --orders-db ... --invoices-db ... --receipts-dir ...
---socket PATH``. One writer thread writes order after order, each in three steps that are
-each their own commit, as real applications do:
+--socket PATH``; each database is a SQLite file or a server URI (:mod:`cleancut.demo.shopdb`).
+One writer thread writes order after order, each in three steps that are each their own
+commit, as real applications do:
 
-1. INSERT the order into ``orders.db`` and commit;
-2. INSERT its invoice ``(order_id, amount)`` into ``invoices.db`` and commit;
+1. INSERT the order into the orders database and commit;
+2. INSERT its invoice ``(order_id, amount)`` into the invoices database and commit;
 3. write ``receipts/<order_id>.txt`` (to a temporary name in the same folder, then rename).
 
 A backup that takes the three resources at different moments therefore sees orders without
@@ -32,15 +33,14 @@ import json
 import os
 import signal
 import socket
-import sqlite3
 import sys
 import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cleancut.demo.shop import ShopPaths, connect, receipt_name
-from cleancut.errors import CleancutError
+from cleancut.demo.shop import receipt_name
+from cleancut.demo.shopdb import ShopDb, ShopTargets, open_db
 
 _STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT}
 _SUN_PATH_MAX = 107
@@ -65,7 +65,7 @@ class _State:
 class _Writer:
     """Writes correlated records until told to stop; honours pause requests between orders."""
 
-    def __init__(self, shop: ShopPaths, state: _State, step_delay: float, busy: float) -> None:
+    def __init__(self, shop: ShopTargets, state: _State, step_delay: float, busy: float) -> None:
         self.shop = shop
         self.state = state
         self.step_delay = step_delay
@@ -74,15 +74,13 @@ class _Writer:
     def run(self) -> None:
         """Thread body: one order after another; any failure is recorded for the exit status."""
         try:
-            orders = connect(self.shop.orders_db, busy_timeout=self.busy)
-            invoices = connect(self.shop.invoices_db, busy_timeout=self.busy)
-            try:
+            with (
+                open_db(self.shop.orders, busy_timeout=self.busy) as orders,
+                open_db(self.shop.invoices, busy_timeout=self.busy) as invoices,
+            ):
                 while self._wait_while_paused():
                     self._write_order(orders, invoices)
-            finally:
-                orders.close()
-                invoices.close()
-        except (CleancutError, sqlite3.Error, OSError) as exc:
+        except Exception as exc:  # any driver's error: recorded, it ends the run
             with self.state.cond:
                 self.state.error = f"{type(exc).__name__}: {exc}"
                 self.state.stop = True
@@ -118,22 +116,12 @@ class _Writer:
             st.cond.notify_all()
             return not st.stop
 
-    def _write_order(self, orders: sqlite3.Connection, invoices: sqlite3.Connection) -> None:
+    def _write_order(self, orders: ShopDb, invoices: ShopDb) -> None:
         """The three steps of one order, each its own commit."""
         amount = 100 + (self.state.orders * 37) % 9900
-        with orders:
-            cur = orders.execute(
-                "INSERT INTO orders (customer, amount_cents, created) VALUES (?, ?, ?)",
-                (f"customer-{self.state.orders % 97}", amount, time.time()),
-            )
-        order_id = cur.lastrowid
-        assert order_id is not None
+        order_id = orders.add_order(f"customer-{self.state.orders % 97}", amount)
         self._pause_between_steps()
-        with invoices:
-            invoices.execute(
-                "INSERT INTO invoices (order_id, amount_cents, created) VALUES (?, ?, ?)",
-                (order_id, amount, time.time()),
-            )
+        invoices.add_invoice(order_id, amount)
         self._pause_between_steps()
         final = self.shop.receipts_dir / receipt_name(order_id)
         temp = self.shop.receipts_dir / f".{final.name}.tmp"
@@ -213,13 +201,13 @@ class _ControlServer:
 
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m cleancut.demo.load", description=__doc__)
-    p.add_argument("--orders-db", type=Path, required=True, help="orders.db (schema made)")
-    p.add_argument("--invoices-db", type=Path, required=True, help="invoices.db (schema made)")
+    p.add_argument("--orders-db", required=True, help="orders database: file or URI (schema made)")
+    p.add_argument("--invoices-db", required=True, help="invoices database: file or URI")
     p.add_argument("--receipts-dir", type=Path, required=True, help="the receipts folder")
     p.add_argument("--socket", type=Path, required=True, help="quiesce control socket path")
     p.add_argument("--step-delay", type=float, default=0.002, help="seconds between steps")
     p.add_argument("--auto-resume", type=float, default=60.0, help="pause safety limit, s")
-    p.add_argument("--busy-timeout", type=float, default=60.0, help="SQLite busy timeout, s")
+    p.add_argument("--busy-timeout", type=float, default=60.0, help="lock wait timeout, s")
     args = p.parse_args(argv)
     if len(os.fsencode(args.socket.absolute())) > _SUN_PATH_MAX:
         p.error(
@@ -231,7 +219,7 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     """Run until SIGTERM/SIGINT; print the statistics as a JSON line; 0 unless it failed."""
     args = _parse_args(argv)
-    shop = ShopPaths(args.orders_db, args.invoices_db, args.receipts_dir)
+    shop = ShopTargets(args.orders_db, args.invoices_db, args.receipts_dir)
     state = _State(auto_resume=args.auto_resume)
     # Block the stop signals before any thread starts (threads inherit the mask), so only the
     # main thread receives them, synchronously, with sigtimedwait: no handler runs in a lock.

@@ -37,24 +37,9 @@ from types import TracebackType
 from typing import IO, Any
 
 from cleancut.demo import control
+from cleancut.demo.shopdb import ShopTargets, create_tables
 from cleancut.errors import CleancutError, HookSecurityError
 
-ORDERS_SCHEMA = """
-CREATE TABLE IF NOT EXISTS orders (
-    id           INTEGER PRIMARY KEY AUTOINCREMENT,
-    customer     TEXT    NOT NULL,
-    amount_cents INTEGER NOT NULL,
-    created      REAL    NOT NULL
-);
-"""
-INVOICES_SCHEMA = """
-CREATE TABLE IF NOT EXISTS invoices (
-    id           INTEGER PRIMARY KEY AUTOINCREMENT,
-    order_id     INTEGER NOT NULL UNIQUE,
-    amount_cents INTEGER NOT NULL,
-    created      REAL    NOT NULL
-);
-"""
 RESOURCES = ("orders", "invoices", "receipts")
 """The shop's resource names, which are also its volume folder names."""
 
@@ -78,30 +63,14 @@ class ShopPaths:
             raise CleancutError(f"unknown shop resource {name!r}; expected one of {RESOURCES}")
         return paths[name]
 
+    def targets(self) -> ShopTargets:
+        """The same shop as database targets (see :mod:`cleancut.demo.shopdb`)."""
+        return ShopTargets(str(self.orders_db), str(self.invoices_db), self.receipts_dir)
+
 
 def receipt_name(order_id: int) -> str:
     """The file name of an order's receipt."""
     return f"{order_id}.txt"
-
-
-def connect(db: Path, *, busy_timeout: float = 60.0) -> sqlite3.Connection:
-    """Open an existing shop database for writing (never creates one by accident)."""
-    try:
-        conn = sqlite3.connect(f"file:{db}?mode=rw", uri=True, timeout=busy_timeout)
-    except sqlite3.OperationalError as exc:
-        raise CleancutError(f"{db}: cannot open the shop database: {exc}") from exc
-    conn.execute("PRAGMA synchronous=NORMAL")
-    return conn
-
-
-def _create_db(db: Path, schema: str) -> None:
-    conn = sqlite3.connect(db)
-    try:
-        conn.execute("PRAGMA journal_mode=WAL")  # persistent: stored in the database file
-        conn.executescript(schema)
-        conn.commit()
-    finally:
-        conn.close()
 
 
 def create_shop(orders_dir: Path, invoices_dir: Path, receipts_dir: Path) -> ShopPaths:
@@ -110,8 +79,7 @@ def create_shop(orders_dir: Path, invoices_dir: Path, receipts_dir: Path) -> Sho
         folder.mkdir(parents=True, exist_ok=True)
     shop = ShopPaths(orders_dir / "orders.db", invoices_dir / "invoices.db", receipts_dir)
     try:
-        _create_db(shop.orders_db, ORDERS_SCHEMA)
-        _create_db(shop.invoices_db, INVOICES_SCHEMA)
+        create_tables(shop.targets(), create=True)
     except sqlite3.Error as exc:
         raise CleancutError(f"cannot create the shop databases in {orders_dir}: {exc}") from exc
     return shop
@@ -187,7 +155,7 @@ class LoadGenerator:
 
     def __init__(
         self,
-        shop: ShopPaths,
+        shop: ShopPaths | ShopTargets,
         socket: Path,
         *,
         step_delay: float = 0.002,
@@ -197,11 +165,12 @@ class LoadGenerator:
     ) -> None:
         self.shop = shop
         self.socket = socket
+        targets = shop.targets() if isinstance(shop, ShopPaths) else shop
         self.argv = [
             python, "-m", "cleancut.demo.load",
-            "--orders-db", str(shop.orders_db),
-            "--invoices-db", str(shop.invoices_db),
-            "--receipts-dir", str(shop.receipts_dir),
+            "--orders-db", targets.orders,
+            "--invoices-db", targets.invoices,
+            "--receipts-dir", str(targets.receipts_dir),
             "--socket", str(socket),
             "--step-delay", str(step_delay),
             "--auto-resume", str(auto_resume),
