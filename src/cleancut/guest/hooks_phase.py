@@ -6,6 +6,14 @@ application). Post-scripts may be run from two threads: the session's (at ``thaw
 ``release``) and the watchdog's (at the deadline), so the bookkeeping is locked and each
 post-script runs once. The application's *pause* runs from the first pre-script's start
 to the last post-script's end, on the monotonic clock.
+
+A pre-script may leave processes behind that hold the application (qemu's
+``mysql-flush.sh`` keeps a client holding ``FLUSH TABLES WITH READ LOCK`` until its thaw
+call). They are part of the hold: when the holds end — the thaw, the watchdog's deadline,
+the guest's release — the hook's post-script runs first (it tells them to let go), then
+whatever is still left in the pre-script's process group is ended
+(:func:`~cleancut.guest.hooks.processes.end_leftovers`). The pre-script's record names
+what it left; the post-script's record says what had to be killed.
 """
 
 from __future__ import annotations
@@ -16,7 +24,8 @@ from collections.abc import Callable
 from typing import Any
 
 from cleancut.guest.hooks import HookSpec, run_hook
-from cleancut.guest.hooks.runner import KILL_GRACE
+from cleancut.guest.hooks.processes import KILL_GRACE, LEFTOVER_BOUND, Leftovers, end_leftovers
+from cleancut.guest.hooks.runner import run_hook_tracked
 from cleancut.guest.security import check_hook_command
 from cleancut.manifest import HookRun
 
@@ -35,6 +44,8 @@ class HookPhases:
         self._pre_started: set[str] = set()
         self._pre_finished: set[str] = set()
         self._post_ran: set[str] = set()
+        #: what each hook's pre-script left running, until the holds end
+        self._leftovers: dict[str, list[Leftovers]] = {}
         self._runs: list[dict[str, Any]] = []
         self._reported = 0
         self._pause_from: float | None = None
@@ -91,9 +102,7 @@ class HookPhases:
                 self._pre_started.add(spec.name)
                 if self._pause_from is None:
                     self._pause_from = time.monotonic()
-            run = self._run(spec, "pre", continue_on_failure=spec.continue_on_failure)
-            with self._lock:
-                self._pre_finished.add(spec.name)
+            run = self._run_pre(spec)
             on_quiesced()
             runs.append(run)
             if not run["ok"] and not spec.continue_on_failure:
@@ -111,30 +120,69 @@ class HookPhases:
         return self.take_unreported()
 
     def run_owed(self, *, only_finished: bool = False) -> None:
-        """Run the post-scripts owed now; their runs wait for the next reply to carry them."""
+        """Run the post-scripts owed now, each followed by the end of what its pre-script
+        left running; their runs wait for the next reply to carry them."""
         with self._post_lock:
             for spec in reversed(self.specs):
-                if spec.post is None or spec.name in self._post_ran:
-                    continue
-                with self._lock:
-                    ran = self._pre_finished if only_finished else self._pre_started
-                    if spec.pre is not None and spec.name not in ran:
-                        continue
-                    self._post_ran.add(spec.name)
-                self._run(spec, "post")
-                with self._lock:
-                    self._pause_until = time.monotonic()
+                run = self._run_post(spec) if self._claim_post(spec, only_finished) else None
+                ended = self._end_leftovers(spec.name)
+                if run is not None:
+                    run["stderr"] = _noted(run["stderr"], ended)
+                    with self._lock:
+                        self._runs.append(run)
+                if run is not None or ended:
+                    with self._lock:
+                        self._pause_until = time.monotonic()
 
-    def _run(self, spec: HookSpec, phase: str, **extra: Any) -> dict[str, Any]:
-        assert phase in ("pre", "post")
-        run: HookRun = run_hook(
-            spec, "pre" if phase == "pre" else "post", env_extra={"CLEANCUT_RP": self.rp_id}
-        )
+    def _claim_post(self, spec: HookSpec, only_finished: bool) -> bool:
+        """Whether ``spec``'s post-script is owed now; if so it counts as run from here on."""
+        with self._lock:
+            if spec.post is None or spec.name in self._post_ran:
+                return False
+            ran = self._pre_finished if only_finished else self._pre_started
+            if spec.pre is not None and spec.name not in ran:
+                return False
+            self._post_ran.add(spec.name)
+            return True
+
+    def _end_leftovers(self, name: str) -> str:
+        """End what hook ``name``'s pre-script left running; a note of what had to be killed.
+
+        A hook without a post-script has its leftovers ended too: the holds end for it as
+        well (its pre-script's record said so)."""
+        with self._lock:
+            groups = self._leftovers.pop(name, [])
+        try:
+            notes = [end.note() for end in end_leftovers(groups)]
+        except Exception as exc:  # the other hooks' post-scripts must still run
+            return f"[cleancut: could not end its freeze script's leftovers: {exc}]"
+        return "\n".join(note for note in notes if note)
+
+    def _run_pre(self, spec: HookSpec) -> dict[str, Any]:
+        run, leftovers = run_hook_tracked(spec, "pre", env_extra=self._env())
+        record = self._record(run, spec, continue_on_failure=spec.continue_on_failure)
+        if leftovers:
+            left = "; ".join(f"group {g.pgid}: {g.describe()}" for g in leftovers)
+            when = "after its post-script" if spec.post is not None else "(it has no post-script)"
+            record["stderr"] = _noted(
+                record["stderr"],
+                f"[cleancut: left running in its process group ({left}); ended {when} "
+                "when the holds end, unless they exit by themselves]",
+            )
+        with self._lock:
+            self._leftovers.setdefault(spec.name, []).extend(leftovers)
+            self._pre_finished.add(spec.name)
+        return record
+
+    def _run_post(self, spec: HookSpec) -> dict[str, Any]:
+        return self._record(run_hook(spec, "post", env_extra=self._env()), spec)
+
+    def _env(self) -> dict[str, str]:
+        return {"CLEANCUT_RP": self.rp_id}
+
+    def _record(self, run: HookRun, spec: HookSpec, **extra: Any) -> dict[str, Any]:
         record = {**run.model_dump(mode="json"), **extra}
         record["volumes"] = self.volumes_of(spec)
-        if phase == "post":
-            with self._lock:
-                self._runs.append(record)
         return record
 
     def take_unreported(self) -> list[dict[str, Any]]:
@@ -165,9 +213,14 @@ class HookPhases:
             ]
 
     def post_bound(self) -> float:
-        """The longest all post-scripts may take, retries and kill grace included."""
-        return sum(
-            (s.timeout + KILL_GRACE) * (s.post_retries + 1)
-            for s in self.specs
-            if s.post is not None
-        )
+        """The longest all post-scripts may take, retries, kill grace and the end of the
+        pre-scripts' leftovers included."""
+        posts = sum((s.timeout + KILL_GRACE) * (s.post_retries + 1) for s in self.specs if s.post)
+        return posts + LEFTOVER_BOUND * sum(1 for s in self.specs if s.pre)
+
+
+def _noted(text: str, note: str) -> str:
+    """``text`` (a script's captured stderr) with cleancut's ``note`` on lines of its own."""
+    if not note:
+        return text
+    return f"{text}\n{note}\n" if text and not text.endswith("\n") else f"{text}{note}\n"

@@ -1,15 +1,21 @@
-"""run_hook with real scripts: output, exit codes, retries, timeouts, environment, refusals."""
+"""run_hook with real scripts: output, exit codes, retries, timeouts, environment, refusals,
+and what a freeze script leaves running (a lock holder) ending with the holds."""
 
 from __future__ import annotations
 
 import os
+import re
 import signal
+import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from cleancut.guest.hooks import HookSpec, run_hook, runner
+from cleancut.guest.hooks import HookSpec, processes, run_hook, runner
+from cleancut.guest.hooks_phase import HookPhases
+from cleancut.guest.watchdog import Watchdog
 from tests.unit.guest import write_script
 
 
@@ -201,3 +207,160 @@ def test_checked_script_handed_to_sh_runs(trusted_dir: Path) -> None:
     script = write_script(trusted_dir, "quiesce.sh", 'echo "ran $1"', mode=0o644)
     run = run_hook(hook(["/bin/sh", str(script), "x"]), "pre")
     assert run.ok and run.stdout == "ran x\n"
+
+
+# -- what a freeze script leaves behind (issue 7 §3: qemu's mysql-flush.sh and its holder) --
+
+
+def test_a_child_keeping_the_pipes_costs_the_run_nothing(
+    trusted_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The run is the script's: its whole output, its exit code and its duration, although
+    a background child keeps both pipes open (and the runner drains them a while longer)."""
+    monkeypatch.setattr(runner, "DRAIN_GRACE", 1.0)
+    pidfile = trusted_dir / "child.pid"
+    script = write_script(
+        trusted_dir,
+        "hook",
+        f"sleep 30 & echo $! > {pidfile}\n"
+        "head -c 100000 /dev/zero | tr '\\0' x; echo; echo END; echo bye >&2; exit 3",
+    )
+    started = time.monotonic()
+    run = run_hook(spec_for(script), "pre", output_limit=200000)
+    took = time.monotonic() - started
+    pid = int(pidfile.read_text())
+    try:
+        assert took < 1.0 + 1.5, "a child holding the pipes held the run"
+        assert run.returncode == 3 and not run.ok and not run.timed_out
+        assert run.stdout == "x" * 100000 + "\nEND\n" and run.stderr == "bye\n"
+        assert run.duration < 0.5, f"{run.duration:.2f}s: the drain was counted as the script's"
+    finally:
+        os.kill(pid, signal.SIGKILL)
+
+
+def test_a_holder_that_writes_after_its_script_exited_keeps_holding(trusted_dir: Path) -> None:
+    """Closing the pipes behind a holder would kill it at its next write (SIGPIPE), before
+    the thaw: its lock gone in the middle of the cut. They are drained instead."""
+    pidfile = trusted_dir / "holder.pid"
+    script = write_script(
+        trusted_dir,
+        "hook",
+        f"( sleep 0.5; echo late; echo late-err >&2; exec sleep 30 ) & echo $! > {pidfile}",
+    )
+    run, left = runner.run_hook_tracked(spec_for(script), "pre")
+    pid = int(pidfile.read_text())
+    try:
+        assert run.ok and [group.pgid for group in left] == [_pgid(pid)]
+        time.sleep(1.0)
+        assert not process_gone(pid), "the holder died when it wrote after its script exited"
+        [end] = processes.end_leftovers(left, grace=0.2)
+        assert (end.stdout, end.stderr) == ("late\n", "late-err\n")
+        assert [(p.pid, p.signal) for p in end.ended] == [(pid, "SIGTERM")]
+        assert process_gone(pid)
+    finally:
+        if not process_gone(pid):
+            os.kill(pid, signal.SIGKILL)
+
+
+def _pgid(pid: int) -> int:
+    return os.getpgid(pid)
+
+
+def holder_hook(trusted_dir: Path, thaw: str, *, holder: str | None = None) -> HookSpec:
+    """A hook shaped like qemu's mysql-flush.sh: its freeze script leaves a holder waiting on
+    a FIFO and exits 0; ``thaw`` is its thaw script's body. The holder's pid is in ``pid``."""
+    fifo, trace, pidfile = trusted_dir / "fifo", trusted_dir / "trace", trusted_dir / "pid"
+    holder = holder or f"read x < {fifo}; sleep 0.3; echo released >> {trace}"
+    freeze = write_script(
+        trusted_dir, "freeze", f"mkfifo {fifo}\n( {holder} ) &\necho $! > {pidfile}; echo frozen"
+    )
+    post = write_script(trusted_dir, "thaw", thaw)
+    return HookSpec(name="holder", source="qemu_ga", pre=[str(freeze)], post=[str(post)], timeout=5)
+
+
+def quiesce(phases: HookPhases) -> dict[str, Any]:
+    [pre] = phases.run_pres(on_quiesced=lambda: None, expired=lambda: False)
+    return pre
+
+
+def test_a_holder_its_thaw_script_lets_go_is_not_killed(trusted_dir: Path) -> None:
+    phases = HookPhases([holder_hook(trusted_dir, f"echo > {trusted_dir / 'fifo'}")])
+    pre = quiesce(phases)
+    pid = int((trusted_dir / "pid").read_text())
+    assert pre["ok"] and pre["stdout"] == "frozen\n"
+    assert f"left running in its process group (group {_pgid(pid)}: " in pre["stderr"]
+    assert f"{pid} (" in pre["stderr"], "the freeze script's record names what it left"
+    assert not process_gone(pid)
+    [post] = phases.run_posts()
+    assert post["ok"] and post["phase"] == "post"
+    assert "ended:" not in post["stderr"], "a holder that went by itself was reported killed"
+    assert (trusted_dir / "trace").read_text() == "released\n"
+    assert process_gone(pid)
+
+
+def test_a_holder_its_thaw_script_cannot_reach_is_ended_after_the_grace(
+    trusted_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The thaw script fails (its FIFO is gone): the holder is SIGTERMed after the grace,
+    and a holder that ignores SIGTERM is SIGKILLed; the thaw run says which and how."""
+    monkeypatch.setattr(processes, "LEFTOVER_GRACE", 0.5)
+    monkeypatch.setattr(processes, "KILL_GRACE", 0.5)
+    sleeper = trusted_dir / "sleeper"
+    spec = holder_hook(
+        trusted_dir,
+        f"[ -p {trusted_dir / 'fifo'} ] || exit 1",
+        holder=f"sleep 60 & echo $! > {sleeper}; trap '' TERM; while :; do sleep 0.05; done",
+    )
+    phases = HookPhases([spec])
+    quiesce(phases)
+    holder, sleep = int((trusted_dir / "pid").read_text()), int(sleeper.read_text())
+    group = _pgid(holder)
+    (trusted_dir / "fifo").unlink()
+    started = time.monotonic()
+    [post] = phases.run_posts()
+    took = time.monotonic() - started
+    assert not post["ok"] and post["returncode"] == 1
+    assert re.search(rf"{sleep} \([^)]*sleep\) by SIGTERM", post["stderr"]), post["stderr"]
+    assert re.search(rf"{holder} \([^)]*bash\) by SIGKILL", post["stderr"]), post["stderr"]
+    assert f"(group {group}) were still running 0.5s after this script" in post["stderr"]
+    assert process_gone(holder) and process_gone(sleep)
+    assert processes.live_members(group) == []
+    assert 0.5 + 0.5 <= took < 0.5 + 2 * 0.5 + 1.5
+
+
+def test_the_watchdog_ends_a_holder_whose_thaw_never_came(
+    trusted_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Nobody sends the thaw: at the deadline the watchdog's call runs the thaw script (it
+    lets the holder go, which takes it 0.3 s) — and a leftover nothing lets go (a hook
+    without a thaw script) is ended after the grace."""
+    grace = 1.0
+    monkeypatch.setattr(processes, "LEFTOVER_GRACE", grace)
+    fifo = trusted_dir / "fifo"
+    stubborn = trusted_dir / "stubborn"
+    spec = holder_hook(trusted_dir, f"echo > {fifo}")
+    other = HookSpec(
+        name="stubborn",
+        source="native",
+        pre=[str(write_script(trusted_dir, "pre", f"sleep 60 & echo $! > {stubborn}"))],
+        post=None,
+        timeout=5,
+    )
+    phases = HookPhases([spec, other])
+    fired = threading.Event()
+
+    def end_holds(reason: str) -> None:
+        phases.run_owed(only_finished=True)
+        fired.set()
+
+    with Watchdog(0.5, end_holds) as watchdog:
+        phases.run_pres(on_quiesced=watchdog.hold_started, expired=lambda: False)
+        holder, sleeper = int((trusted_dir / "pid").read_text()), int(stubborn.read_text())
+        started = time.monotonic()
+        assert fired.wait(0.5 + grace + 0.3 + 2 * processes.KILL_GRACE + 1.0)
+        assert time.monotonic() - started < 0.5 + grace + 0.3 + 1.5
+    assert watchdog.fired == "deadline"
+    assert (trusted_dir / "trace").read_text() == "released\n", "the thaw script did not run"
+    assert process_gone(holder) and process_gone(sleeper)
+    [post] = phases.take_unreported()
+    assert post["ok"] and "ended:" not in post["stderr"]

@@ -11,6 +11,13 @@ exception, so the caller still runs the post-scripts (Azure semantics, DESIGN.md
 
 Because the script is executed through its descriptor, an interpreted script sees ``$0``
 as ``/proc/self/fd/N``; its real path is in ``CLEANCUT_SCRIPT``.
+
+A script may leave processes running in its group when it exits (a freeze script's lock
+holder, as in qemu's ``mysql-flush.sh``). Its run is over when the script exits — its
+duration and exit code are the script's own, and its output is what it wrote until then
+(plus :data:`DRAIN_GRACE`) — and :func:`run_hook_tracked` hands what is left, with the
+pipes it still holds, to the caller as :class:`~cleancut.guest.hooks.processes.Leftovers`
+to end when the holds end.
 """
 
 from __future__ import annotations
@@ -26,12 +33,14 @@ from dataclasses import dataclass
 from typing import IO
 
 from cleancut.errors import CleancutError
+from cleancut.guest.hooks.processes import KILL_GRACE, Leftovers, Tail, live_members
 from cleancut.guest.hooks.spec import HookSpec, Phase
 from cleancut.guest.security import HOOK_PATH, TrustedFile, check_hook_command
 from cleancut.manifest import HookRun
 
+__all__ = ["CLEAN_PATH", "DRAIN_GRACE", "KILL_GRACE", "run_hook", "run_hook_tracked"]
+
 CLEAN_PATH = HOOK_PATH
-KILL_GRACE = 2.0
 #: How long output is still read after the script exited, for children that keep its pipes.
 DRAIN_GRACE = 0.2
 _POLL = 0.05
@@ -43,28 +52,9 @@ class _Attempt:
     timed_out: bool
     stdout: str
     stderr: str
-
-
-class _Tail:
-    """The last ``limit`` bytes of a stream, and how many came before them."""
-
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
-        self.data = bytearray()
-        self.total = 0
-
-    def add(self, chunk: bytes) -> None:
-        self.total += len(chunk)
-        self.data += chunk
-        if len(self.data) > self.limit:
-            del self.data[: len(self.data) - self.limit]
-
-    def text(self) -> str:
-        body = self.data.decode("utf-8", errors="replace")
-        dropped = self.total - len(self.data)
-        if dropped:
-            return f"[cleancut: output truncated, first {dropped} bytes dropped]\n{body}"
-        return body
+    #: ``time.monotonic()`` when the script exited (or its group was killed)
+    ended: float
+    leftovers: Leftovers | None = None
 
 
 def run_hook(
@@ -76,15 +66,48 @@ def run_hook(
 ) -> HookRun:
     """Run ``phase``'s script of ``spec`` (re-running it up to its retries) and record the run.
 
-    ``host`` in the returned record is empty: the agent fills it in.
+    ``host`` in the returned record is empty: the agent fills it in. Processes the script
+    leaves running are left alone (their pipes are closed); see :func:`run_hook_tracked`.
 
     Raises:
         ValueError: ``spec`` has no script for ``phase`` (the caller should skip it).
     """
+    return _run_hook(spec, phase, env_extra, output_limit, track=False)[0]
+
+
+def run_hook_tracked(
+    spec: HookSpec,
+    phase: Phase,
+    *,
+    env_extra: dict[str, str] | None = None,
+    output_limit: int = 65536,
+) -> tuple[HookRun, list[Leftovers]]:
+    """:func:`run_hook`, and what each attempt left running in its process group.
+
+    The leftovers' pipes keep being drained; the caller ends them with
+    :func:`~cleancut.guest.hooks.processes.end_leftovers` (a freeze script's holder, when
+    the holds end) or lets them be with :meth:`Leftovers.close`.
+
+    Raises:
+        ValueError: ``spec`` has no script for ``phase`` (the caller should skip it).
+    """
+    return _run_hook(spec, phase, env_extra, output_limit, track=True)
+
+
+def _run_hook(
+    spec: HookSpec,
+    phase: Phase,
+    env_extra: dict[str, str] | None,
+    output_limit: int,
+    *,
+    track: bool,
+) -> tuple[HookRun, list[Leftovers]]:
     argv = spec.argv(phase)
     if argv is None:
         raise ValueError(f"hook {spec.name} has no {phase} script")
     started = time.monotonic()
+    ended: float | None = None
+    leftovers: list[Leftovers] = []
     record = HookRun(
         host="",
         hook=spec.name,
@@ -99,10 +122,14 @@ def run_hook(
     try:
         with check_hook_command(argv, spec.sha256(phase)) as script:
             env = _environment(spec, phase, script, env_extra)
-            record = _run_attempts(spec, phase, script, env, output_limit, record)
+            record, ended = _run_attempts(
+                spec, phase, script, env, output_limit, record, leftovers if track else None
+            )
     except CleancutError as exc:
         record = record.model_copy(update={"error": exc.message})
-    return record.model_copy(update={"duration": time.monotonic() - started})
+    # the script's own time: not the drain after it exited, nor the checks' closing
+    duration = (ended if ended is not None else time.monotonic()) - started
+    return record.model_copy(update={"duration": duration}), leftovers
 
 
 def _run_attempts(
@@ -112,15 +139,23 @@ def _run_attempts(
     env: dict[str, str],
     output_limit: int,
     record: HookRun,
-) -> HookRun:
+    leftovers: list[Leftovers] | None,
+) -> tuple[HookRun, float | None]:
+    """Each attempt until one succeeds; the record, and when the last attempt ended.
+
+    With ``leftovers`` (a list), what each attempt left running is appended to it."""
     argv = record.argv
+    ended: float | None = None
+    track = leftovers is not None
     for attempt in range(1, spec.retries(phase) + 2):
         try:
-            result = _attempt(script.fd, argv, env, spec.timeout, output_limit)
+            result = _attempt(script.fd, argv, env, spec.timeout, output_limit, track)
         except OSError as exc:
-            return record.model_copy(
-                update={"attempts": attempt, "error": f"{argv[0]}: cannot start: {exc.strerror}"}
-            )
+            failed = f"{argv[0]}: cannot start: {exc.strerror}"
+            return record.model_copy(update={"attempts": attempt, "error": failed}), ended
+        ended = result.ended
+        if result.leftovers is not None and leftovers is not None:
+            leftovers.append(result.leftovers)
         ok = result.returncode == 0 and not result.timed_out
         error: str | None
         if result.timed_out:
@@ -140,7 +175,7 @@ def _run_attempts(
         )
         if ok:
             break
-    return record
+    return record, ended
 
 
 def _environment(
@@ -163,8 +198,14 @@ def _environment(
     return env
 
 
-def _attempt(fd: int, argv: list[str], env: dict[str, str], timeout: float, limit: int) -> _Attempt:
-    """One run of the script behind ``fd``; kills its whole process group on timeout."""
+def _attempt(
+    fd: int, argv: list[str], env: dict[str, str], timeout: float, limit: int, track: bool
+) -> _Attempt:
+    """One run of the script behind ``fd``; kills its whole process group on timeout.
+
+    With ``track``, processes it left running in its group come back as leftovers, with
+    the pipes they still hold; otherwise those pipes are closed and they are left alone.
+    """
     proc = subprocess.Popen(
         argv,
         executable=f"/proc/self/fd/{fd}",
@@ -176,12 +217,16 @@ def _attempt(fd: int, argv: list[str], env: dict[str, str], timeout: float, limi
         stderr=subprocess.PIPE,
         start_new_session=True,
     )
+    assert proc.stdout is not None and proc.stderr is not None
+    streams = {"stdout": proc.stdout, "stderr": proc.stderr}
     deadline = time.monotonic() + timeout
-    out, err = _Tail(limit), _Tail(limit)
+    out, err = Tail(limit), Tail(limit)
     timed_out = False
+    exited_at: float | None = None
+    still_open: list[str] | None = None  # set once the pipes were read to the end
+    leftovers = None
     try:
-        assert proc.stdout is not None and proc.stderr is not None
-        _collect(proc, {proc.stdout: out, proc.stderr: err}, deadline)
+        exited_at, still_open = _collect(proc, streams, {"stdout": out, "stderr": err}, deadline)
         try:
             proc.wait(timeout=max(0.0, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
@@ -189,32 +234,71 @@ def _attempt(fd: int, argv: list[str], env: dict[str, str], timeout: float, limi
     finally:
         if timed_out or proc.poll() is None:
             _kill_group(proc)
-        for stream in (proc.stdout, proc.stderr):
-            if stream is not None:
+        elif track and still_open is not None:
+            leftovers = _left_behind(proc.pid, {name: streams[name] for name in still_open})
+        for name, stream in streams.items():
+            if leftovers is None or name not in (still_open or ()):
                 stream.close()
-    return _Attempt(proc.returncode, timed_out, out.text(), err.text())
+    ended = time.monotonic() if exited_at is None or timed_out else exited_at
+    return _Attempt(proc.returncode, timed_out, out.text(), err.text(), ended, leftovers)
 
 
-def _collect(proc: subprocess.Popen[bytes], tails: dict[IO[bytes], _Tail], deadline: float) -> None:
-    """Read both pipes until they close, the deadline passes, or shortly after the exit."""
-    with selectors.DefaultSelector() as selector:
-        for stream, tail in tails.items():
+def _left_behind(pgid: int, streams: dict[str, IO[bytes]]) -> Leftovers | None:
+    """What the exited script left running in its group (it led the group), if anything."""
+    members = live_members(pgid)
+    return Leftovers(pgid, members, streams) if members else None
+
+
+def _collect(
+    proc: subprocess.Popen[bytes],
+    streams: dict[str, IO[bytes]],
+    tails: dict[str, Tail],
+    deadline: float,
+) -> tuple[float | None, list[str]]:
+    """Read both pipes until they close, the deadline passes, or shortly after the exit.
+
+    Returns when the script exited (None: not seen yet) and the streams still open.
+    """
+    with contextlib.ExitStack() as stack:
+        selector = stack.enter_context(selectors.DefaultSelector())
+        for name, stream in streams.items():
             os.set_blocking(stream.fileno(), False)
-            selector.register(stream, selectors.EVENT_READ, tail)
+            selector.register(stream, selectors.EVENT_READ, tails[name])
+        exit_fd = _pidfd(proc.pid)
+        if exit_fd is not None:  # wakes the loop at the exit: the duration is exact
+            stack.callback(os.close, exit_fd)
+            selector.register(exit_fd, selectors.EVENT_READ, None)
         exited_at: float | None = None
-        while selector.get_map():
+        while _registered(selector) - {exit_fd}:
             now = time.monotonic()
             if exited_at is None and proc.poll() is not None:
                 exited_at = now
+                if exit_fd is not None:
+                    selector.unregister(exit_fd)
             stop = deadline if exited_at is None else min(deadline, exited_at + DRAIN_GRACE)
             if now >= stop:
-                return
+                break
             for key, _ in selector.select(min(stop - now, _POLL)):
+                if key.data is None:
+                    continue  # the exit: noticed by poll() at the top of the loop
                 chunk = os.read(key.fd, 65536)
                 if chunk:
                     key.data.add(chunk)
                 else:
                     selector.unregister(key.fileobj)
+        still_open = [name for name, stream in streams.items() if stream in _registered(selector)]
+    return exited_at, still_open
+
+
+def _registered(selector: selectors.BaseSelector) -> set[object]:
+    return {key.fileobj for key in selector.get_map().values()}
+
+
+def _pidfd(pid: int) -> int | None:
+    try:
+        return os.pidfd_open(pid)
+    except OSError:
+        return None
 
 
 def _kill_group(proc: subprocess.Popen[bytes]) -> None:
@@ -224,7 +308,7 @@ def _kill_group(proc: subprocess.Popen[bytes]) -> None:
     end = time.monotonic() + KILL_GRACE
     while time.monotonic() < end:
         proc.poll()
-        if not _live_members(pgid):
+        if not live_members(pgid):
             break
         time.sleep(_POLL)
     else:
@@ -235,20 +319,3 @@ def _kill_group(proc: subprocess.Popen[bytes]) -> None:
 def _signal_group(pgid: int, sig: signal.Signals) -> None:
     with contextlib.suppress(ProcessLookupError):
         os.killpg(pgid, sig)
-
-
-def _live_members(pgid: int) -> list[int]:
-    """Pids in group ``pgid`` that are not zombies (an unreaped zombie cannot be killed)."""
-    members = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat", "rb") as handle:
-                stat = handle.read()
-        except OSError:
-            continue
-        fields = stat[stat.rfind(b")") + 2 :].split()
-        if int(fields[2]) == pgid and fields[0] != b"Z":
-            members.append(int(entry))
-    return members
