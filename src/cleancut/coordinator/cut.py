@@ -36,6 +36,7 @@ from cleancut.coordinator.policy import (
 )
 from cleancut.coordinator.runlock import AppLock
 from cleancut.errors import CleancutError, HostFailed, Interrupted, PolicyAbort
+from cleancut.guest.hooks.processes import LEFTOVER_BOUND
 from cleancut.manifest import MANIFEST_FILENAME, MANIFEST_TAG, Manifest, new_rp_id
 from cleancut.mover.base import Mover, RepositoryAccess
 from cleancut.protocol.replies import check_reply
@@ -203,7 +204,9 @@ class Coordinator:
         return self._hook_bound(name, "pre") + _PREPARE_WORK + _SLACK
 
     def _post_bound(self, name: str) -> float:
-        return self._hook_bound(name, "post") + _SLACK
+        # after each post-script, what its pre-script left behind may take this to end
+        leftovers = LEFTOVER_BOUND * sum(1 for hook in self._hooks(name) if hook.get("pre"))
+        return self._hook_bound(name, "post") + leftovers + _SLACK
 
     def _hello(self) -> None:
         timeout = self.config.freeze_timeout
