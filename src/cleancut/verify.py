@@ -116,7 +116,7 @@ def verify_rp(
 ) -> VerifyReport:
     """Restore ``manifest`` into a sandbox, start its databases, run every check."""
     base = sandbox or sandbox_base()
-    base.mkdir(mode=0o700, parents=True, exist_ok=True)
+    base.mkdir(mode=0o711, parents=True, exist_ok=True)  # servers run as their own users
     root = Path(tempfile.mkdtemp(prefix=f"{manifest.app}-{manifest.rp_id[:12]}-", dir=base))
     root.chmod(0o755)  # database servers run as their own users and must reach their files
     report = VerifyReport(manifest.app, manifest.rp_id, root, kept=keep)
