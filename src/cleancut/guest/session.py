@@ -119,7 +119,7 @@ class GuestSession:
             provider.check()
         self.freezer = Freezer(self._freeze_paths(), allow_root=self.config.allow_root_freeze)
         check_snapshot_targets({**self.providers, **self.disks}, self.freezer.mounts)
-        self.writers = WriterSet(dict(self.config.databases))
+        self.writers = WriterSet(dict(self.config.databases), cut_id=self.rp_id)
         databases = self.writers.check({n: v.path for n, v in self.config.volumes.items()})
         self.watchdog = Watchdog(self.freeze_timeout, self._expire)
         if self.input_closed.is_set():

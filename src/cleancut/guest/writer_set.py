@@ -34,11 +34,13 @@ class _State:
 class WriterSet:
     """The host's writers and what each one did so far."""
 
-    def __init__(self, databases: dict[str, Database]) -> None:
+    def __init__(self, databases: dict[str, Database], cut_id: str | None = None) -> None:
         self._states = {
             name: _State(make_writer(name, db), db.volume, db.kind)
             for name, db in databases.items()
         }
+        for state in self._states.values():
+            state.writer.cut_id = cut_id
         self._lock = threading.Lock()
         self._aborted: str | None = None
 

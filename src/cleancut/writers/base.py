@@ -25,6 +25,9 @@ D = TypeVar("D", SqliteDatabase, PostgresqlDatabase, MariadbDatabase)
 class Writer(abc.ABC, Generic[D]):
     """Makes one database consistent for the cut and records its position."""
 
+    #: The cut this writer holds for (the RP id), set at hello; a label may name it.
+    cut_id: str | None = None
+
     def __init__(self, name: str, database: D) -> None:
         self.name = name
         self.database: D = database

@@ -117,9 +117,6 @@ def _label_field(label: str, name: str) -> str | None:
 class PostgresqlWriter(Writer[PostgresqlDatabase]):
     """Holds a non-exclusive backup of one PostgreSQL server while its volume is snapshotted."""
 
-    #: Names the cut in the backup label; set by the guest when it knows the cut's id.
-    cut_id: str | None = None
-
     def __init__(self, name: str, database: PostgresqlDatabase) -> None:
         super().__init__(name, database)
         self._conn: psycopg.Connection[Any] | None = None
