@@ -447,11 +447,6 @@ def test_abort_ends_a_lock_still_waited_for(mariadb: Mariadb) -> None:
         blocker.end()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="WriterSet.abort() skips a writer whose hold() is still running (state.held is "
-    "set only after hold returns), so the watchdog cannot end a lock still waited for",
-)
 def test_a_lock_still_waited_for_ends_when_the_coordinator_goes(
     mariadb: Mariadb, trusted_dir: Path
 ) -> None:

@@ -28,6 +28,7 @@ class _State:
     ok: bool = True
     error: str | None = None
     held: bool = False
+    taking: bool = False  # hold() is running: abort must end a lock still being waited for
     details: dict[str, Any] = field(default_factory=dict)
 
 
@@ -76,11 +77,15 @@ class WriterSet:
                 if not state.ok:
                     continue
                 on_first()
+                state.taking = True
             try:
                 state.writer.hold(seconds())
             except CleancutError as exc:
                 state.ok, state.error = False, exc.message
                 continue
+            finally:
+                with self._lock:
+                    state.taking = False
             with self._lock:
                 state.held = True
                 if self._aborted is not None:  # the watchdog ended the holds meanwhile
@@ -103,7 +108,7 @@ class WriterSet:
         starts after this. Callable from any thread; never raises."""
         with self._lock:
             self._aborted = reason
-            holding = [s for s in self._states.values() if s.held]
+            holding = [s for s in self._states.values() if s.held or s.taking]
         for state in holding:
             state.writer.abort()
 
