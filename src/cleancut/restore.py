@@ -24,7 +24,13 @@ from typing import Any
 from cleancut.errors import CleancutError, RestoreRefused
 from cleancut.manifest import Manifest, Member, WriterRecord
 from cleancut.mover.base import Mover, ProgressCallback
-from cleancut.restore_steps import prepare_image, prepare_tree, records_for
+from cleancut.restore_steps import (
+    attached,
+    prepare_image,
+    prepare_tree,
+    records_for,
+    run_tool,
+)
 
 _FSCK = {
     "ext4": ["e2fsck", "-f", "-n"],
@@ -313,10 +319,10 @@ def replay_xfs_log(image: Path) -> str:
     """
     mount_dir = Path(tempfile.mkdtemp(prefix="cleancut-replay-"))
     try:
-        device = _run(["losetup", "--find", "--show", str(image)]).strip()
+        device = run_tool(["losetup", "--find", "--show", str(image)]).strip()
         try:
-            _run(["mount", "-t", "xfs", "-o", "nouuid", device, str(mount_dir)])
-            _run(["umount", str(mount_dir)])
+            run_tool(["mount", "-t", "xfs", "-o", "nouuid", device, str(mount_dir)])
+            run_tool(["umount", str(mount_dir)])
         finally:
             subprocess.run(["losetup", "-d", device], capture_output=True, check=False)
     except CleancutError as exc:
@@ -331,22 +337,8 @@ def attached_read_only(image: Path, fstype: str | None) -> Iterator[Path]:
     """The image attached to a read-only loop device and mounted read-only (needs root)."""
     if os.geteuid() != 0:
         raise CleancutError("--extract mounts the restored disk image and needs root")
-    options = _MOUNT_OPTIONS.get(fstype or "", "ro")
-    mount_dir = Path(tempfile.mkdtemp(prefix="cleancut-extract-"))
-    try:
-        device = _run(["losetup", "--find", "--show", "--read-only", str(image)]).strip()
-    except CleancutError:
-        mount_dir.rmdir()
-        raise
-    try:
-        _run(["mount", "-o", options, device, str(mount_dir)])
-        try:
-            yield mount_dir
-        finally:
-            _run(["umount", str(mount_dir)])
-    finally:
-        subprocess.run(["losetup", "-d", device], capture_output=True, check=False)
-        mount_dir.rmdir()
+    with attached(image, _MOUNT_OPTIONS.get(fstype or "", "ro"), read_only=True) as mounted:
+        yield mounted
 
 
 def extract_image(image: Path, fstype: str | None, destination: Path) -> None:
@@ -358,7 +350,7 @@ def extract_image(image: Path, fstype: str | None, destination: Path) -> None:
         os.chmod(destination, os.stat(mounted).st_mode & 0o7777)
         entries = [str(p) for p in sorted(mounted.iterdir()) if p.name != "lost+found"]
         if entries:
-            _run(["cp", "-a", "--sparse=always", *entries, str(destination)])
+            run_tool(["cp", "-a", "--sparse=always", *entries, str(destination)])
         stat = os.stat(mounted)
         os.chown(destination, stat.st_uid, stat.st_gid)
 
@@ -381,10 +373,3 @@ def sqlite_ok(path: Path) -> bool:
             conn.close()
     except sqlite3.Error:
         return False
-
-
-def _run(argv: list[str]) -> str:
-    done = subprocess.run(argv, capture_output=True, text=True, check=False)
-    if done.returncode != 0:
-        raise CleancutError(f"{' '.join(argv)} failed: {done.stderr.strip()}")
-    return done.stdout

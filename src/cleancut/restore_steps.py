@@ -69,23 +69,32 @@ def attached_read_write(image: Path, fstype: str | None) -> Iterator[Path]:
             f"{image} holds databases whose restore step must write into the image: run the "
             "restore as root"
         )
-    mount_dir = Path(tempfile.mkdtemp(prefix="cleancut-prepare-"))
+    with attached(image, _RW_MOUNT_OPTIONS.get(fstype or ""), read_only=False) as mounted:
+        yield mounted
+
+
+@contextmanager
+def attached(image: Path, options: str | None, *, read_only: bool) -> Iterator[Path]:
+    """``image`` on a loop device (read-only or not), mounted with ``options`` in a private
+    folder; unmounted, detached and the folder removed afterwards, on every path."""
+    mount_dir = Path(tempfile.mkdtemp(prefix="cleancut-attach-"))
     try:
-        device = _run(["losetup", "--find", "--show", str(image)]).strip()
+        ro = ["--read-only"] if read_only else []
+        device = run_tool(["losetup", "--find", "--show", *ro, str(image)]).strip()
         try:
-            options = _RW_MOUNT_OPTIONS.get(fstype or "")
-            _run(["mount", *(["-o", options] if options else []), device, str(mount_dir)])
+            run_tool(["mount", *(["-o", options] if options else []), device, str(mount_dir)])
             try:
                 yield mount_dir
             finally:
-                _run(["umount", str(mount_dir)])
+                run_tool(["umount", str(mount_dir)])
         finally:
             subprocess.run(["losetup", "-d", device], capture_output=True, check=False)
     finally:
         mount_dir.rmdir()
 
 
-def _run(argv: list[str]) -> str:
+def run_tool(argv: list[str]) -> str:
+    """Run a system tool (losetup, mount, ...); its stdout, or an error with its message."""
     done = subprocess.run(argv, capture_output=True, text=True, check=False)
     if done.returncode != 0:
         raise CleancutError(f"{' '.join(argv)} failed: {done.stderr.strip() or done.stdout}")

@@ -27,27 +27,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cleancut.catalog import Catalog
-from cleancut.config.load import load_app
-from cleancut.coordinator import Coordinator
-from cleancut.coordinator.repository import repository_access
 from cleancut.demo import hostconfigs, workspace
 from cleancut.demo.hostconfigs import DATASTORE, FLAVOURS, HOSTS
-from cleancut.demo.invariants import check
 from cleancut.demo.run import (
     HOOKS,
     PER_RESOURCE,
     PLAIN,
     DemoResult,
     MethodResult,
-    _per_resource,
-    _verdict,
+    cleancut_row,
     expectations,
+    per_resource_row,
 )
 from cleancut.demo.shop import LoadGenerator, ShopPaths, create_shop, write_hook_scripts
 from cleancut.errors import ConfigError
-from cleancut.mover.restic import ResticMover
-from cleancut.restore import restore_rp
 from cleancut.testbed import Testbed
 
 Say = Callable[[str], None]
@@ -219,41 +212,17 @@ def _cleancut(
     and checked; the row and the hosts the recovery points recorded."""
     for host, guest in made.guests[flavour].items():
         made.bed.set_guest_config(host, guest)
-    config = made.apps[flavour]
-    loaded = load_app(config)
-    access = repository_access(loaded.config.repository, config_file=str(config))
-    mover = ResticMover(access)
-    assert loaded.config.catalog is not None
-    catalog = Catalog(loaded.config.catalog)
-    method = _METHOD[flavour]
-    result = MethodResult(method)
-    levels: list[str] = []
-    hosts: set[str] = set()
-    for index in range(count):
-        manifest = Coordinator(loaded, access=access, mover=mover, catalog=catalog).run().manifest
-        levels.append(manifest.level)
-        hosts.update(h.host for h in manifest.hosts)
-        result.stalls += [h.write_stall for h in manifest.hosts if h.write_stall is not None]
-        target = made.ws.root / "restored" / f"{loaded.config.name}-{index}"
-        restore_rp(manifest, mover, target, extract=True)
-        report = check(*_paths(_restored_shop(target)))
-        shutil.rmtree(target, ignore_errors=True)  # the disk images: ~400 MiB per cut
-        result.checks.append(report)
-        stall, pause = manifest.max_write_stall, manifest.max_pause
-        paused = f", application pause {pause * 1000:.1f} ms" if pause is not None else ""
-        say(
-            f"{method} backup {index + 1}/{count}: level {manifest.level}, "
-            f"group-consistent {'yes' if manifest.group_consistent else 'no'}, "
-            f"hosts {', '.join(sorted(h.host for h in manifest.hosts))}, "
-            f"write stall {stall * 1000 if stall else 0:.1f} ms{paused}; "
-            f"restored: {_verdict(report)}"
-        )
-    result.level = ", ".join(sorted(set(levels)))
-    return result, sorted(hosts)
-
-
-def _paths(shop: ShopPaths) -> tuple[Path, Path, Path]:
-    return shop.orders_db, shop.invoices_db, shop.receipts_dir
+    return cleancut_row(
+        made.apps[flavour],
+        _METHOD[flavour],
+        count,
+        made.ws.root / "restored",
+        _restored_shop,
+        say,
+        extract=True,
+        discard=True,  # the disk images: ~400 MiB per cut
+        name_hosts=True,
+    )
 
 
 def _host_problems(manifest_hosts: dict[str, list[str]]) -> list[str]:
@@ -277,7 +246,7 @@ def run_demo_hosts(*, backups: int = 4, say: Say = lambda _text: None) -> HostsD
         say(f"workspace {ws.root}\n{ws.why_level}\n{_describe(made.bed)}")
         made_here = made.record()
         load = stack.enter_context(LoadGenerator(ws.shop, ws.socket))
-        rows = {PER_RESOURCE: _per_resource(ws, backups, say)}
+        rows = {PER_RESOURCE: per_resource_row(ws, backups, say)}
         for flavour in FLAVOURS:
             row, hosts = _cleancut(made, flavour, backups, say)
             rows[row.method] = row

@@ -11,6 +11,7 @@ cross-resource invariants:
 
 from __future__ import annotations
 
+import shutil
 import statistics
 from collections.abc import Callable
 from contextlib import ExitStack
@@ -83,7 +84,9 @@ def _restored_shop(folder: Path) -> ShopPaths:
     )
 
 
-def _per_resource(ws: workspace.Workspace, count: int, say: Callable[[str], None]) -> MethodResult:
+def per_resource_row(
+    ws: workspace.Workspace, count: int, say: Callable[[str], None]
+) -> MethodResult:
     result = MethodResult(PER_RESOURCE, level="none across resources")
     orders = [list(RESOURCES), list(reversed(RESOURCES))]
     for index in range(count):
@@ -91,7 +94,7 @@ def _per_resource(ws: workspace.Workspace, count: int, say: Callable[[str], None
         per_resource_backup(ws.shop, copy, orders[index % 2])
         report = check(*_paths(_restored_shop(copy)))
         result.checks.append(report)
-        say(f"{PER_RESOURCE} backup {index + 1}/{count}: {_verdict(report)}")
+        say(f"{PER_RESOURCE} backup {index + 1}/{count}: {verdict(report)}")
     return result
 
 
@@ -99,15 +102,27 @@ def _paths(shop: ShopPaths) -> tuple[Path, Path, Path]:
     return shop.orders_db, shop.invoices_db, shop.receipts_dir
 
 
-def _verdict(report: InvariantReport) -> str:
+def verdict(report: InvariantReport) -> str:
     return f"{report.orders} orders, {report.orphans} orphans, {report.incomplete} incomplete" + (
         "" if all(report.integrity_ok.values()) else ", DATABASE CORRUPT"
     )
 
 
-def _cleancut(
-    ws: workspace.Workspace, method: str, config: Path, count: int, say: Callable[[str], None]
-) -> MethodResult:
+def cleancut_row(
+    config: Path,
+    method: str,
+    count: int,
+    restored: Path,
+    shop_of: Callable[[Path], ShopPaths],
+    say: Callable[[str], None],
+    *,
+    extract: bool,
+    discard: bool = False,
+    name_hosts: bool = False,
+) -> tuple[MethodResult, list[str]]:
+    """``count`` cuts of the application in ``config``, each restored under ``restored``
+    and checked where ``shop_of(target)`` says the shop's files are; the row and the hosts
+    the recovery points recorded. ``discard`` removes each restore once checked."""
     loaded = load_app(config)
     access = repository_access(loaded.config.repository, config_file=str(config))
     mover = ResticMover(access)
@@ -115,25 +130,45 @@ def _cleancut(
     catalog = Catalog(loaded.config.catalog)
     result = MethodResult(method)
     levels = []
+    hosts: set[str] = set()
     for index in range(count):
         outcome = Coordinator(loaded, access=access, mover=mover, catalog=catalog).run()
         manifest = outcome.manifest
         levels.append(manifest.level)
+        hosts.update(h.host for h in manifest.hosts)
         result.stalls += [h.write_stall for h in manifest.hosts if h.write_stall is not None]
-        target = ws.root / "restored" / f"{loaded.config.name}-{index}"
-        restore_rp(manifest, mover, target, extract=ws.as_root)
-        report = check(*_paths(_restored_shop(target / "app1")))
+        target = restored / f"{loaded.config.name}-{index}"
+        restore_rp(manifest, mover, target, extract=extract)
+        report = check(*_paths(shop_of(target)))
+        if discard:
+            shutil.rmtree(target, ignore_errors=True)
         result.checks.append(report)
         stall, pause = manifest.max_write_stall, manifest.max_pause
         paused = f", application pause {pause * 1000:.1f} ms" if pause is not None else ""
+        named = f"hosts {', '.join(sorted(h.host for h in manifest.hosts))}, " if name_hosts else ""
         say(
             f"{method} backup {index + 1}/{count}: level {manifest.level}, "
-            f"group-consistent {'yes' if manifest.group_consistent else 'no'}, "
+            f"group-consistent {'yes' if manifest.group_consistent else 'no'}, {named}"
             f"write stall {stall * 1000 if stall else 0:.1f} ms{paused}; "
-            f"restored: {_verdict(report)}"
+            f"restored: {verdict(report)}"
         )
     result.level = ", ".join(sorted(set(levels)))
-    return result
+    return result, sorted(hosts)
+
+
+def _local_row(
+    ws: workspace.Workspace, method: str, config: Path, count: int, say: Callable[[str], None]
+) -> MethodResult:
+    row, _hosts = cleancut_row(
+        config,
+        method,
+        count,
+        ws.root / "restored",
+        lambda target: _restored_shop(target / "app1"),
+        say,
+        extract=ws.as_root,
+    )
+    return row
 
 
 def expectations(rows: dict[str, MethodResult], *, frozen: bool) -> list[str]:
@@ -186,9 +221,9 @@ def run_demo(*, backups: int = 4, say: Callable[[str], None] = lambda _text: Non
         say(f"workspace {ws.root}\n{ws.why_level}")
         load = stack.enter_context(LoadGenerator(ws.shop, ws.socket))
         rows = {
-            PER_RESOURCE: _per_resource(ws, backups, say),
-            PLAIN: _cleancut(ws, PLAIN, ws.app_plain, backups, say),
-            HOOKS: _cleancut(ws, HOOKS, ws.app_hooks, backups, say),
+            PER_RESOURCE: per_resource_row(ws, backups, say),
+            PLAIN: _local_row(ws, PLAIN, ws.app_plain, backups, say),
+            HOOKS: _local_row(ws, HOOKS, ws.app_hooks, backups, say),
         }
         stats = load.stop()
         say(f"the shop wrote {stats.orders} orders during the demo")
