@@ -158,8 +158,16 @@ def test_only_one_or_three_hosts_are_offered() -> None:
 
 
 DROP_ROOT_AND_RUN = """
-import os, sys
-import cleancut.demo.multihost  # the lazy import, done while files are readable
+import contextlib, importlib, os, pkgutil, sys
+import cleancut, rich, typer
+# Import now, while the files are readable (a clone in a 0700 folder is not, to nobody):
+# the CLI, typer and rich import some modules lazily, on first use.
+for package in (cleancut, typer, rich):
+    for found in pkgutil.walk_packages(package.__path__, package.__name__ + "."):
+        if found.name.endswith("__main__") or found.name == "typer.cli":  # those run a CLI
+            continue
+        with contextlib.suppress(Exception):  # e.g. Windows-only modules refuse to load
+            importlib.import_module(found.name)
 from cleancut.cli.main import main
 os.setegid(65534)
 os.seteuid(65534)
