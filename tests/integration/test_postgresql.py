@@ -162,16 +162,19 @@ def test_a_busy_cut_restores_with_its_backup_label_and_starts_by_itself(
     )
 
 
+@pytest.mark.parametrize("depth", ["short", "deep"])
 def test_verify_starts_the_restored_server_and_runs_pg_amcheck(
-    pg_cluster: PgCluster, trusted_dir: Path
+    pg_cluster: PgCluster, trusted_dir: Path, depth: str
 ) -> None:
+    """Also from a sandbox so deep that a socket in its run folder would not fit in a unix
+    socket's path: the server then gets a short socket folder of its own."""
     pg_cluster.sql("CREATE TABLE rows (id bigint PRIMARY KEY)")
     pg_cluster.sql("INSERT INTO rows SELECT generate_series(1, 1000)")
     app = make_app(trusted_dir, {"vm1": pg_cluster.guest_toml()})
     code, _manifest, stderr = app.backup_json()
     assert code == 0, stderr
-    sandboxes = trusted_dir / "sandboxes"
-    sandboxes.mkdir(mode=0o755)
+    sandboxes = trusted_dir / "sandboxes" / ("d" * 70 if depth == "deep" else "")
+    sandboxes.mkdir(mode=0o755, parents=True)
     done = app.run("verify", "latest", "--json", "--sandbox", str(sandboxes))
     report = json.loads(done.stdout.splitlines()[-1])
     assert done.returncode == 0, (done.stderr, report)
@@ -180,6 +183,8 @@ def test_verify_starts_the_restored_server_and_runs_pg_amcheck(
     assert checks["vm1/main: pg_amcheck --all"]["ok"], checks
     (database,) = report["databases"]
     assert database["recovery_seconds"] is not None
+    assert (depth == "deep") == ("/run/cleancut-pg/" in database["uri"]), database["uri"]
+    assert not list(Path("/run/cleancut-pg").glob("*")), "a short socket folder was left"
     print(f"\nverify: RTO {report['rto_seconds']:.2f}s, recovery {database['recovery_seconds']}s")
 
 

@@ -34,6 +34,10 @@ from cleancut.errors import CleancutError
 from cleancut.writers.pgwal import write_tail
 from cleancut.writers.server import CheckResult, DatabaseServer
 
+#: A unix socket's path must fit in ``sun_path`` (108 bytes with its NUL); a run directory
+#: too deep for that gets its socket in a short folder of its own under this one.
+SHORT_SOCKETS = Path("/run/cleancut-pg")
+_SOCKET_MAX = 100
 #: The superuser that ``initialise`` creates and that clients of a sandbox connect as.
 SUPERUSER = "postgres"
 _LOG_TAIL = 2000
@@ -41,6 +45,7 @@ _STOP_WAIT = 30
 _HBA = (
     "# cleancut sandbox: local connections only, trusted\n"
     "local all all trust\n"
+    "local replication all trust\n"
     "host all all 127.0.0.1/32 trust\n"
     "host all all ::1/128 trust\n"
 )
@@ -234,10 +239,20 @@ class PostgresqlServer(DatabaseServer):
         self._answer(max(1.0, timeout - (time.monotonic() - began)))
         return time.monotonic() - began
 
+    @property
+    def socket_dir(self) -> Path:
+        """The folder of the server's socket: the run directory, unless the socket's path
+        in it would be too long for a unix socket."""
+        if len(os.fsencode(self.rundir / f".s.PGSQL.{self.port}")) <= _SOCKET_MAX:
+            return self.rundir
+        digest = hashlib.sha256(os.fsencode(self.rundir.absolute())).hexdigest()[:16]
+        return SHORT_SOCKETS / digest
+
     def _make_rundir(self, uid: int, gid: int) -> None:
-        self.rundir.mkdir(parents=True, exist_ok=True)
-        _chown(self.rundir, uid, gid)
-        self.rundir.chmod(0o755)  # clients reach the socket
+        for folder in (self.rundir, self.socket_dir):
+            folder.mkdir(parents=True, exist_ok=True)
+            _chown(folder, uid, gid)
+            folder.chmod(0o755)  # clients reach the socket
         files = {"pg_hba.conf": _HBA, "pg_ident.conf": ""}
         if not (self.datadir / "postgresql.conf").exists():  # Debian keeps it in /etc
             files["postgresql.conf"] = "# cleancut sandbox: settings come from the command line\n"
@@ -250,7 +265,7 @@ class PostgresqlServer(DatabaseServer):
         settings = {
             **_SANDBOX_SETTINGS,
             "port": str(self.port),
-            "unix_socket_directories": str(self.rundir),
+            "unix_socket_directories": str(self.socket_dir),
             "hba_file": str(self.rundir / "pg_hba.conf"),
             "ident_file": str(self.rundir / "pg_ident.conf"),
             "external_pid_file": str(self.rundir / "postgresql.pid"),  # not the original's
@@ -282,7 +297,7 @@ class PostgresqlServer(DatabaseServer):
     @property
     def uri(self) -> str:
         return (
-            f"postgresql://{SUPERUSER}@/postgres?host={quote(str(self.rundir), safe='/')}"
+            f"postgresql://{SUPERUSER}@/postgres?host={quote(str(self.socket_dir), safe='/')}"
             f"&port={self.port}"
         )
 
@@ -291,7 +306,7 @@ class PostgresqlServer(DatabaseServer):
         amcheck = pg_bin("pg_amcheck", self.datadir)
         if shutil.which(amcheck) is None:
             return checks
-        argv = [amcheck, "--all", "--install-missing", "-h", str(self.rundir)]
+        argv = [amcheck, "--all", "--install-missing", "-h", str(self.socket_dir)]
         argv += ["-p", str(self.port), "-U", SUPERUSER]
         try:
             done = subprocess.run(argv, capture_output=True, text=True, timeout=3600, check=False)
@@ -330,6 +345,8 @@ class PostgresqlServer(DatabaseServer):
             return
         finally:
             self._pid = None
+            if SHORT_SOCKETS in self.socket_dir.parents:
+                shutil.rmtree(self.socket_dir, ignore_errors=True)
 
     def _postmaster_pid(self) -> int | None:
         try:
