@@ -17,7 +17,8 @@ every member reaches level ``application``.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import json
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 HOSTS = {"orders": "vm1", "invoices": "vm2", "receipts": "vm3"}
@@ -29,6 +30,8 @@ DATABASES = ("orders", "invoices")
 QUIESCED = "receipts"
 """The resource whose host runs the shop's quiesce hook (see the module docstring)."""
 FLAVOURS = ("plain", "hooks")
+SHOP_CHECK = "every order has its invoice and its receipt"
+"""The name of the shop's own check (``[[checks]]``) for ``cleancut verify``."""
 
 
 def vm_guest(
@@ -65,6 +68,27 @@ def vm_guest(
     return "\n".join(lines)
 
 
+def server_guest(resource: str, mountpoint: Path, staging: Path, database: str) -> str:
+    """The guest config of a VM whose ``resource`` volume holds a database server's data
+    directory; ``database`` is the ``[databases.<resource>]`` table's body (kind, how to
+    reach the server) for the cross-database shop (:mod:`cleancut.demo.crossdb`)."""
+    return "\n".join(
+        [
+            f'staging = "{staging}"',
+            "",
+            f"[volumes.{resource}]",
+            f'path = "{mountpoint}"',
+            'snapshot = "external"',
+            "freeze = true",
+            "",
+            f"[databases.{resource}]",
+            database.rstrip("\n"),
+            f'volume = "{resource}"',
+            "",
+        ]
+    )
+
+
 def datastore_guest(images: Mapping[str, Path], staging: Path) -> str:
     """The datastore host's guest config: the disk image behind each VM's volume."""
     lines = [f'staging = "{staging}"', ""]
@@ -78,15 +102,23 @@ def datastore_guest(images: Mapping[str, Path], staging: Path) -> str:
     return "\n".join(lines)
 
 
-def app_toml(name: str, folder: Path, host_tables: Mapping[str, str]) -> str:
+def app_toml(
+    name: str,
+    folder: Path,
+    host_tables: Mapping[str, str],
+    *,
+    freeze_timeout: str = "10s",
+    checks: Mapping[str, Sequence[str]] | None = None,
+) -> str:
     """The application config: the repository in ``folder``, each host over SSH.
 
     ``host_tables`` maps host names to their ``[hosts.NAME]`` tables (the testbed's
-    ``app_config``); short timeouts, since every host is on this machine.
+    ``app_config``); short timeouts, since every host is on this machine. ``checks`` are
+    the application's own checks for ``cleancut verify`` (name -> argv).
     """
     lines = [
         f'name = "{name}"',
-        'freeze_timeout = "10s"',
+        f'freeze_timeout = "{freeze_timeout}"',
         'on_failure = "degrade"',
         f'catalog = "{folder / (name + ".catalog.sqlite")}"',
         "",
@@ -103,4 +135,8 @@ def app_toml(name: str, folder: Path, host_tables: Mapping[str, str]) -> str:
             "keepalive_count = 3",
             "",
         ]
+    for check, argv in (checks or {}).items():
+        run = ", ".join(json.dumps(arg) for arg in argv)
+        lines += ["[[checks]]", f"name = {json.dumps(check)}", f"run = [{run}]"]
+        lines += ['timeout = "5m"', ""]
     return "\n".join(lines)

@@ -62,6 +62,21 @@ class InvariantReport:
             and self.incomplete == self.in_flight_tolerance <= max_in_flight
         )
 
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> InvariantReport:
+        """The report :meth:`to_dict` wrote (e.g. the JSON line of ``cleancut.demo.check``)."""
+        return cls(
+            orders=int(data["orders"]),
+            invoices=int(data["invoices"]),
+            receipts=int(data["receipts"]),
+            orphans=int(data["orphans"]),
+            incomplete=int(data["incomplete"]),
+            in_flight_tolerance=int(data["in_flight_tolerance"]),
+            integrity_ok={str(k): bool(v) for k, v in data["integrity_ok"].items()},
+            orphan_ids=tuple(int(i) for i in data.get("orphan_ids", ())),
+            incomplete_ids=tuple(int(i) for i in data.get("incomplete_ids", ())),
+        )
+
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready, with ``broken`` and ``clean`` included."""
         data = asdict(self)

@@ -93,12 +93,12 @@ def require_root() -> None:
         )
 
 
-def _take_down(bed: Testbed, say: Say) -> None:
+def take_down(bed: Testbed, say: Say) -> None:
     for problem in bed.down():
         say(f"testbed: could not remove: {problem}")
 
 
-def _remove_workspace(root: Path, say: Say) -> None:
+def remove_workspace(root: Path, say: Say) -> None:
     """Delete the workspace, unless a mount is still below it (never delete into a disk)."""
     with open("/proc/self/mounts", encoding="utf-8") as table:
         mounts = [Path(line.split()[1]) for line in table]
@@ -116,7 +116,7 @@ def _bring_up(stack: ExitStack, root: Path, say: Say) -> Testbed:
     own, and ``scripts/testbed down`` finds it like any other testbed.
     """
     bed = Testbed(root, [*HOSTS.values(), DATASTORE])
-    stack.callback(_take_down, bed, say)  # first: up() may be interrupted half-way
+    stack.callback(take_down, bed, say)  # first: up() may be interrupted half-way
     bed.up()
     for resource, host in HOSTS.items():
         size = workspace.SHARE_MIB if resource == "receipts" else workspace.DISK_MIB
@@ -133,7 +133,7 @@ def _describe(bed: Testbed) -> str:
     )
 
 
-def _write_private(path: Path, text: str) -> Path:
+def write_private(path: Path, text: str) -> Path:
     path.write_text(text, encoding="utf-8")
     path.chmod(0o600)
     return path
@@ -153,7 +153,7 @@ def _write_configs(
         folder = root / "etc" / flavour
         folder.mkdir(mode=0o755, parents=True)
         guests[flavour] = {
-            host: _write_private(
+            host: write_private(
                 folder / f"{host}.toml",
                 hostconfigs.vm_guest(
                     resource,
@@ -166,12 +166,12 @@ def _write_configs(
             )
             for resource, host in HOSTS.items()
         }
-        guests[flavour][DATASTORE] = _write_private(
+        guests[flavour][DATASTORE] = write_private(
             folder / f"{DATASTORE}.toml", hostconfigs.datastore_guest(images, staging[DATASTORE])
         )
         tables = {host: bed.app_config(host) for host in bed.hosts}
         app = hostconfigs.app_toml(_APP[flavour], root, tables)
-        apps[flavour] = _write_private(folder / f"{_APP[flavour]}.toml", app)
+        apps[flavour] = write_private(folder / f"{_APP[flavour]}.toml", app)
     return guests, apps
 
 
@@ -180,14 +180,14 @@ def build(stack: ExitStack, say: Say) -> HostsWorkspace:
     require_root()
     root = Path(tempfile.mkdtemp(prefix="shop-hosts-", dir=workspace.workspace_base()))
     root.chmod(0o755)
-    stack.callback(_remove_workspace, root, say)
+    stack.callback(remove_workspace, root, say)
     bed = _bring_up(stack, root / "testbed", say)
     mounts = {resource: bed.root / host / resource for resource, host in HOSTS.items()}
     shop = create_shop(mounts["orders"], mounts["invoices"], mounts["receipts"])
     socket = root / "run" / "shop.sock"
     socket.parent.mkdir(mode=0o700)
     pre, post = write_hook_scripts(root / "hooks", sys.executable, socket)
-    _write_private(root / "repository.pass", secrets.token_hex(16) + "\n")
+    write_private(root / "repository.pass", secrets.token_hex(16) + "\n")
     guests, apps = _write_configs(root, bed, pre, post)
     why = (
         f"root: each volume is an ext4 disk image on {DATASTORE}'s XFS datastore; its VM "

@@ -27,9 +27,14 @@ SHARE_MIB = 256
 
 
 def workspace_base() -> Path:
-    """A folder only its owner can write to: hooks and guest configs must live in one."""
+    """A folder only its owner can write to: hooks and guest configs must live in one.
+
+    Mode 0711: others may pass through it (database servers run as their own users and
+    reach their data directories below it) but not list it.
+    """
     base = Path("/var/lib/cleancut/demo") if os.geteuid() == 0 else _user_cache() / "demo"
-    base.mkdir(mode=0o700, parents=True, exist_ok=True)
+    base.mkdir(mode=0o711, parents=True, exist_ok=True)
+    base.chmod(0o711)
     return base
 
 
