@@ -238,10 +238,17 @@ class GuestSession:
                 self.hooks.run_owed()  # reported by the thaw that follows
         return reply
 
-    def _hold_started(self) -> None:
-        if self._stall_from is None:
+    def _hold_started(self, blocks_writes: bool = True) -> None:
+        """A hold begins: the deadline starts at the first one, the write stall at the
+        first that stops writes (a lock or FIFREEZE, not PostgreSQL's backup mode)."""
+        if blocks_writes and self._stall_from is None:
             self._stall_from = time.monotonic()
         self._watchdog().hold_started()
+
+    def _unblocked(self) -> None:
+        """The file systems are thawed and no hold stops writes any more."""
+        if self._stall_from is not None and self._stall_until is None:
+            self._stall_until = time.monotonic()
 
     def _seconds_left(self) -> float:
         left = self._watchdog().remaining()
@@ -331,14 +338,13 @@ class GuestSession:
             # thaw what thaws at once and end the holds; release() waits for the rest
             if reason is None:
                 _attempt_thaw(errors, self.freezer, lambda f: f.thaw(wait=_QUICK_THAW))
-                self.writers.release()
+                self.writers.release(on_unblocked=self._unblocked)
             else:
                 _attempt_thaw(errors, self.freezer, lambda f: f.cancel(wait=_QUICK_THAW))
                 self.writers.abort(f"the holds ended by themselves ({reason})")
             thawed_at = (self.freezer.thawed_at if self.freezer else None) or time.time()
             hold_ended_at = time.time()
-            if self._stall_from is not None:
-                self._stall_until = time.monotonic()
+            self._unblocked()  # after an abort: only now
             self._ended = {
                 "thaw_started_at": thaw_started_at,
                 "thawed_at": thawed_at,

@@ -65,9 +65,10 @@ class WriterSet:
     def prepare(self) -> None:
         self._each(lambda w: w.prepare())
 
-    def hold(self, seconds: Callable[[], float], on_first: Callable[[], object]) -> None:
+    def hold(self, seconds: Callable[[], float], on_first: Callable[[bool], object]) -> None:
         """Each writer takes its hold for at most the deadline's ``seconds()`` left;
-        ``on_first`` runs just before the first hold (the deadline starts there)."""
+        ``on_first`` runs just before each hold (the deadline starts at the first), told
+        whether that hold blocks the application's writes (the write stall starts there)."""
         for state in self._states.values():
             with self._lock:
                 if self._aborted is not None:
@@ -76,7 +77,7 @@ class WriterSet:
                     continue
                 if not state.ok:
                     continue
-                on_first()
+                on_first(state.writer.blocks_writes)
                 state.taking = True
             try:
                 state.writer.hold(seconds())
@@ -91,10 +92,16 @@ class WriterSet:
                 if self._aborted is not None:  # the watchdog ended the holds meanwhile
                     state.writer.abort()
 
-    def release(self) -> None:
+    def release(self, on_unblocked: Callable[[], object] = lambda: None) -> None:
         """End every hold, recording each database's position; a hold that ended early
-        (deadline, killed holder) makes its writer fail."""
-        for state in self._states.values():
+        (deadline, killed holder) makes its writer fail. The holds that block writes end
+        first; ``on_unblocked`` runs once they have (the write stall ends there)."""
+        ordered = sorted(self._states.values(), key=lambda st: not st.writer.blocks_writes)
+        unblocked = False
+        for state in ordered:
+            if not unblocked and not state.writer.blocks_writes:
+                on_unblocked()
+                unblocked = True
             if not state.held:
                 continue
             state.held = False
@@ -102,6 +109,8 @@ class WriterSet:
                 state.details.update(state.writer.release())
             except CleancutError as exc:
                 state.ok, state.error = False, exc.message
+        if not unblocked:
+            on_unblocked()
 
     def abort(self, reason: str) -> None:
         """End every hold now (the deadline passed, the coordinator is gone); no new hold

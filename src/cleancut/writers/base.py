@@ -27,6 +27,9 @@ class Writer(abc.ABC, Generic[D]):
 
     #: The cut this writer holds for (the RP id), set at hello; a label may name it.
     cut_id: str | None = None
+    #: Whether the hold stops the application's writes (a lock) and so counts into the
+    #: host's write stall; PostgreSQL's ``pg_backup_start`` lets writes go on.
+    blocks_writes: bool = True
 
     def __init__(self, name: str, database: D) -> None:
         self.name = name

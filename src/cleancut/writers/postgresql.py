@@ -117,6 +117,8 @@ def _label_field(label: str, name: str) -> str | None:
 class PostgresqlWriter(Writer[PostgresqlDatabase]):
     """Holds a non-exclusive backup of one PostgreSQL server while its volume is snapshotted."""
 
+    blocks_writes = False  # pg_backup_start: writes go on, the freeze stalls them
+
     def __init__(self, name: str, database: PostgresqlDatabase) -> None:
         super().__init__(name, database)
         self._conn: psycopg.Connection[Any] | None = None
