@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -115,6 +115,14 @@ class Catalog:
             f"no recovery point {rp_id!r} for application {app!r}; known ids{more}: {shown}. "
             "If the catalog is stale, run `cleancut catalog rebuild`"
         )
+
+    def remove(self, app: str, rp_ids: Sequence[str]) -> None:
+        """Drop these RPs' rows in one transaction: ``points`` stops listing them at once."""
+        with self._connect() as db:
+            db.executemany(
+                "DELETE FROM recovery_points WHERE app = ? AND rp_id = ?",
+                [(app, rp_id) for rp_id in rp_ids],
+            )
 
     def rebuild(self, app: str, mover: Mover) -> int:
         """Recreate the application's rows from the manifests in the repository; their count.

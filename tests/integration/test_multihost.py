@@ -244,7 +244,8 @@ def test_two_backups_of_one_application_at_once(cluster: MakeCluster, trusted_di
         wait_for(lambda: (trusted_dir / "trace").exists(), 30, "the first backup's pre-script")
         second = app.run("backup")
         assert second.returncode == 11, second.stderr
-        assert "another backup is running (pid" in second.stderr
+        assert "another cleancut run is in progress (pid" in second.stderr
+        assert ", backup, since " in second.stderr
     finally:
         _out, err = first.communicate(timeout=120)
     assert first.returncode == 0, err

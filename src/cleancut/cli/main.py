@@ -13,6 +13,7 @@ from cleancut.cli import (
     catalog_cmd,
     config_cmd,
     demo,
+    forget,
     guest,
     points,
     restore,
@@ -38,6 +39,7 @@ app.command("backup")(backup.backup)
 app.command("points")(points.points)
 app.command("restore")(restore.restore)
 app.command("verify")(verify.verify)
+app.command("forget")(forget.forget)
 app.add_typer(guest.app, name="guest")
 app.command("demo")(demo.demo)
 

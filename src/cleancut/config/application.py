@@ -10,6 +10,7 @@ from typing import Annotated, Literal
 from pydantic import Field, StringConstraints, field_validator, model_validator
 
 from cleancut.config.base import Duration, Strict
+from cleancut.levels import Level
 
 AppName = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9_-]*$", max_length=64)]
 HostName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=64)]
@@ -132,6 +133,31 @@ class AppCheck(Strict):
     timeout: Duration = 300.0
 
 
+class Retention(Strict):
+    """``[retention]``: which recovery points ``cleancut forget`` keeps, decided per RP
+    with restic's rules (see :mod:`cleancut.retention`); counts of 0 leave a rule out."""
+
+    keep_last: int = Field(default=0, ge=0)
+    keep_hourly: int = Field(default=0, ge=0)
+    keep_daily: int = Field(default=0, ge=0)
+    keep_weekly: int = Field(default=0, ge=0)
+    keep_monthly: int = Field(default=0, ge=0)
+    keep_yearly: int = Field(default=0, ge=0)
+    keep_within: Duration | None = None
+    keep_only: Level | None = None
+
+    @model_validator(mode="after")
+    def _keeps_something(self) -> Retention:
+        rules = (self.keep_last, self.keep_hourly, self.keep_daily, self.keep_weekly)
+        if not any(rules) and not (self.keep_monthly or self.keep_yearly or self.keep_within):
+            raise ValueError(
+                "no rule keeps anything, so forget would remove every recovery point; set "
+                "at least one of keep_last, keep_hourly, ..., keep_yearly or keep_within (e.g. "
+                "keep_daily = 7)"
+            )
+        return self
+
+
 class AppConfig(Strict):
     """One application: everything captured at one cut."""
 
@@ -142,6 +168,7 @@ class AppConfig(Strict):
     repository: Repository
     hosts: dict[HostName, Host] = Field(min_length=1)
     checks: list[AppCheck] = Field(default_factory=list)
+    retention: Retention | None = None
 
     @field_validator("freeze_timeout")
     @classmethod

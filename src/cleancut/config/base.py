@@ -7,12 +7,21 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, PlainSerializer
 
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
-_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)?\s*$")
+_UNIT_SECONDS = {
+    "ms": 0.001,
+    "s": 1.0,
+    "m": 60.0,
+    "h": 3600.0,
+    "d": 86400.0,
+    "w": 604800.0,
+    None: 1.0,
+}
 
 
 def parse_duration(value: Any) -> float:
-    """Seconds from ``"500ms"``, ``"10s"``, ``"2m"``, ``"1h"`` or a bare number of seconds."""
+    """Seconds from ``"500ms"``, ``"10s"``, ``"2m"``, ``"1h"``, ``"2d"``, ``"1w"`` or a bare
+    number of seconds."""
     if isinstance(value, bool):
         raise ValueError('expected a duration such as "500ms", "10s" or "2m"')
     if isinstance(value, int | float):
@@ -20,7 +29,9 @@ def parse_duration(value: Any) -> float:
     elif isinstance(value, str) and (match := _DURATION.match(value)):
         seconds = float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
     else:
-        raise ValueError(f'{value!r} is not a duration; write it as "500ms", "10s" or "2m"')
+        raise ValueError(
+            f'{value!r} is not a duration; write it as "500ms", "10s", "2m", "1h" or "2d"'
+        )
     if seconds <= 0:
         raise ValueError("a duration must be greater than zero")
     return seconds

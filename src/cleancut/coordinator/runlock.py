@@ -1,8 +1,10 @@
-"""One cut of an application at a time, per machine.
+"""One run of an application at a time, per machine: a backup or a forget.
 
 Two backups of one application at once would fight over every host's freeze locks and
-commit two recovery points of overlapping cuts; the second is refused before it reaches
-any host. The lock is an ``flock`` on ``/run/lock/cleancut/APP.lock`` (a per-user folder
+commit two recovery points of overlapping cuts, and a forget running beside a backup
+would take that backup's uploaded members, which no manifest names yet, for leftovers;
+the second run is refused before it touches anything, and told who holds the lock (pid,
+action, start time). The lock is an ``flock`` on ``/run/lock/cleancut/APP.lock`` (a per-user folder
 when not root): the kernel drops it when its process ends, however it ends, so a killed
 coordinator never leaves a lock that blocks the next backup. This process opens the lock
 file once and keeps that descriptor; it never opens the file otherwise.
@@ -21,7 +23,7 @@ from cleancut.errors import CleancutError
 
 
 class AlreadyRunning(CleancutError):
-    """Another cut of the same application is in progress."""
+    """Another run (backup, forget) of the same application is in progress."""
 
     exit_code = 11
 
@@ -35,10 +37,11 @@ def lock_folder() -> Path:
 
 
 class AppLock:
-    """Held while one cut of ``app`` runs; a context manager."""
+    """Held while one run (``action``) of ``app`` goes on; a context manager."""
 
-    def __init__(self, app: str, folder: Path | None = None) -> None:
+    def __init__(self, app: str, folder: Path | None = None, *, action: str = "backup") -> None:
         self.app = app
+        self.action = action
         self.path = (folder or lock_folder()) / f"{app}.lock"
         self._fd = -1
 
@@ -51,8 +54,9 @@ class AppLock:
             holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "unknown"
             os.close(fd)
             raise AlreadyRunning(
-                f"application {self.app}: another backup is running ({holder}); wait for it "
-                "to finish, or stop it (it releases every host first). Lock: "
+                f"application {self.app}: another cleancut run is in progress ({holder}); "
+                f"this {self.action} waits for none: run it again when that one has "
+                "finished, or stop that one (a backup releases every host first). Lock: "
                 f"{self.path}"
             ) from None
         except BaseException:
@@ -60,7 +64,7 @@ class AppLock:
             raise
         stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime())
         os.ftruncate(fd, 0)
-        os.pwrite(fd, f"pid {os.getpid()}, since {stamp}\n".encode(), 0)
+        os.pwrite(fd, f"pid {os.getpid()}, {self.action}, since {stamp}\n".encode(), 0)
         self._fd = fd
 
     def release(self) -> None:

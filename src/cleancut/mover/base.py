@@ -7,7 +7,7 @@ second implementation of the same small surface.
 from __future__ import annotations
 
 import abc
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -108,6 +108,15 @@ class Mover(abc.ABC):
     @abc.abstractmethod
     def read_file(self, snapshot_id: str, filename: str) -> bytes:
         """The contents of one file of a snapshot."""
+
+    @abc.abstractmethod
+    def forget(self, snapshot_ids: Sequence[str]) -> None:
+        """Remove these snapshots from the repository, in one call (their data stays
+        until :meth:`prune`)."""
+
+    @abc.abstractmethod
+    def prune(self) -> None:
+        """Reclaim the space no snapshot refers to any more."""
 
     @abc.abstractmethod
     def restore(

@@ -27,7 +27,7 @@ import signal
 import subprocess
 import threading
 from collections import deque
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import IO, Any, NoReturn
@@ -214,6 +214,16 @@ class ResticMover(Mover):
                 f"{snapshot_id} into"
             )
         self._run([*self._base(), "restore", snapshot_id, "--target", str(target)])
+
+    def forget(self, snapshot_ids: Sequence[str]) -> None:
+        """``restic forget ID...``: one call for all of them (restic takes its exclusive
+        lock once; a backup running meanwhile makes restic wait or fail, never half-do)."""
+        if snapshot_ids:
+            self._run([*self._base(), "forget", *snapshot_ids])
+
+    def prune(self) -> None:
+        """``restic prune``: reclaim the space of forgotten snapshots."""
+        self._run([*self._base(), "prune"])
 
     # -- plumbing -------------------------------------------------------------------
 
