@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 
 from cleancut.levels import Level
@@ -10,7 +11,7 @@ from cleancut.retention import Point, Policy, decide
 START = datetime(2026, 1, 1, 0, 30, tzinfo=UTC)
 
 
-def _points(hours: list[float], level: Level = "application") -> list[Point]:
+def _points(hours: Sequence[float], level: Level = "application") -> list[Point]:
     return [Point(f"rp{i:03d}", START + timedelta(hours=h), level) for i, h in enumerate(hours)]
 
 
