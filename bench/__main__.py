@@ -1,9 +1,13 @@
-"""``python -m bench [--quick] [--only stall|mover|hosts]``: run cleancut's benchmarks.
+"""``python -m bench [--quick] [--only stall|mover|writers|hosts|consistency]``: run
+cleancut's benchmarks.
 
 They need root (loop devices, mounts, FIFREEZE) and restic. They measure and print; they
 assert nothing about speed. ``--quick`` runs few cuts on small data, for a smoke test.
-The host-count benchmark (``hosts``: a testbed of up to 16 SSH hosts, minutes) runs only
-when asked for with ``--only hosts`` (or ``python -m bench.hosts``).
+By default the stall, mover and database-writer benchmarks run. The host-count benchmark
+(``hosts``: a testbed of up to 16 SSH hosts) and the cross-database consistency table
+(``consistency``: three VMs with PostgreSQL, MariaDB and a share, 20 backups per method)
+take many minutes and run only when asked for with ``--only`` (or ``python -m
+bench.hosts`` / ``python -m bench.consistency``).
 """
 
 from __future__ import annotations
@@ -11,7 +15,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from bench import hosts, mover, stall
+from bench import consistency, hosts, mover, stall, writers
 from bench.common import require_root, say
 
 FULL_CUTS = 50
@@ -30,7 +34,9 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
         f"(instead of {FULL_CUTS} cuts and {FULL_MIB} MiB)",
     )
     parser.add_argument(
-        "--only", choices=["stall", "mover", "hosts"], help="run one benchmark only"
+        "--only",
+        choices=["stall", "mover", "writers", "hosts", "consistency"],
+        help="run one benchmark only",
     )
     parser.add_argument("--cuts", type=int, help="cuts per method for the stall benchmark")
     parser.add_argument("--mib", type=int, help="MiB of data for the mover benchmark")
@@ -49,14 +55,19 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.only == "hosts":
         return _hosts(args)
+    if args.only == "consistency":
+        backups = QUICK_CUTS if args.quick else consistency.BACKUPS
+        return consistency.main(["--backups", str(backups)])
     status = 0
-    for name in ("stall", "mover"):
+    for name in ("stall", "mover", "writers"):
         if args.only not in (None, name):
             continue
         started = time.monotonic()
         say(f"== {name} benchmark ==")
         if name == "stall":
             status |= stall.run(cuts, warmup=not args.quick)
+        elif name == "writers":
+            status |= writers.main(["--quick"] if args.quick else [])
         else:
             status |= mover.run(mib)
         say(f"== {name} benchmark took {time.monotonic() - started:.0f} s ==")

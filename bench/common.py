@@ -20,13 +20,13 @@ from pathlib import Path
 from cleancut.providers.ficlone import filesystem_of
 
 #: Where the benchmarks build their workspaces: a root-owned folder nobody else can write
-#: to, as the hook-security rules require for guest configs.
+#: to (or list), as the hook-security rules require for guest configs.
 BENCH_BASE = Path("/var/lib/cleancut/bench")
 
 #: What a reader runs to get the same figures.
 REPRODUCE = (
     "as root, from a clone: `make bench` "
-    "(or `.venv/bin/python -m bench [--quick] [--only stall|mover]`)"
+    "(or `.venv/bin/python -m bench [--quick] [--only stall|mover|writers|hosts|consistency]`)"
 )
 
 
@@ -47,7 +47,10 @@ def say(text: str) -> None:
 
 def workspace(prefix: str) -> Path:
     """A fresh folder under :data:`BENCH_BASE` (the caller removes it)."""
-    BENCH_BASE.mkdir(mode=0o700, parents=True, exist_ok=True)
+    # 0711: others may pass through (database servers run as postgres and mysql and reach
+    # their disks below it), not list or write; as cleancut verify's sandbox base
+    BENCH_BASE.mkdir(mode=0o711, parents=True, exist_ok=True)
+    BENCH_BASE.chmod(0o711)
     root = Path(tempfile.mkdtemp(prefix=prefix, dir=BENCH_BASE))
     root.chmod(0o755)
     return root

@@ -53,7 +53,7 @@ from cleancut.coordinator import Coordinator
 from cleancut.coordinator.repository import repository_access
 from cleancut.demo import workspace
 from cleancut.demo.shop import RESOURCES, LoadGenerator, receipt_name
-from cleancut.errors import CleancutError
+from cleancut.errors import CleancutError, Interrupted
 from cleancut.mover.restic import ResticMover
 from cleancut.providers.ficlone import filesystem_of
 from cleancut.system.ioctls import FIFREEZE, FITHAW
@@ -283,6 +283,8 @@ def run_rounds(
             settle()
             try:
                 result = methods[name]()
+            except Interrupted:
+                raise  # Ctrl-C ends the benchmark; it is not a failed cut
             except CleancutError as exc:
                 say(f"{name}: the cut failed: {exc}")
                 runs.failed[name].append(str(exc))

@@ -85,8 +85,9 @@ class Member(BaseModel):
 class HostTimings(BaseModel):
     """One host's view of the cut; instants on the coordinator's clock.
 
-    ``write_stall`` runs from the first hold (a writer's lock or FIFREEZE) to the last
-    release: what the applications on the host waited for. ``pause`` is the application's
+    ``write_stall`` runs from the first hold that stops writes (a writer's lock or
+    FIFREEZE; not PostgreSQL's backup mode) until the file systems are thawed and no such
+    hold is left: what the applications on the host waited for. ``pause`` is the application's
     own pause, from the first pre-script's start to the last post-script's end (None when
     no pre- or post-script ran): a stall its users feel too, often the longer one. Both
     are durations on the guest's monotonic clock. The quiet window uses ``frozen_at`` (all
