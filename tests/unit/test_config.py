@@ -66,6 +66,8 @@ def config_error(loader: object, path: Path) -> ConfigError:
         ("10s", 10.0),
         ("2m", 120.0),
         ("1h", 3600.0),
+        ("2d", 172800.0),
+        ("1w", 604800.0),
         ("1.5s", 1.5),
         (7, 7.0),
         (0.25, 0.25),
@@ -76,7 +78,7 @@ def test_durations_parse(text: object, seconds: float) -> None:
     assert parse_duration(text) == pytest.approx(seconds)
 
 
-@pytest.mark.parametrize("text", ["10 sec", "ten", "", "-1s", "10S", "1d", True, [1], None])
+@pytest.mark.parametrize("text", ["10 sec", "ten", "", "-1s", "10S", "1y", True, [1], None])
 def test_bad_durations_say_how_to_write_one(text: object) -> None:
     with pytest.raises(ValueError, match=r'"500ms", "10s"|duration'):
         parse_duration(text)
@@ -114,7 +116,7 @@ def test_bad_duration_in_a_file_names_file_and_key(tmp_path: Path) -> None:
     error = config_error(load_app, app)
     assert error.key == "freeze_timeout"
     assert "'10 sec' is not a duration" in error.message
-    assert '"500ms", "10s" or "2m"' in error.message
+    assert '"500ms", "10s", "2m", "1h" or "2d"' in error.message
 
 
 def test_freeze_timeout_has_an_upper_bound(tmp_path: Path) -> None:
