@@ -228,7 +228,34 @@ def test_forget_and_backup_never_run_at_once(trusted_dir: Path) -> None:
         forget = app.run("forget")
         assert forget.returncode == 11, forget.stderr
         assert f"(pid {os.getpid()}, backup, since " in forget.stderr
+        assert "give --wait" in forget.stderr
+        verify = app.run("verify", "latest")
+        assert verify.returncode == 11, verify.stderr
     assert len(_points(app)) == 1
+
+
+@pytest.mark.parametrize("command", ["forget", "backup"])
+def test_wait_waits_for_the_run_in_progress(trusted_dir: Path, command: str) -> None:
+    app = _app(trusted_dir)
+    _backups(app, 1)
+    lock = AppLock("itest", action="verify")
+    lock.acquire()
+    try:
+        proc = subprocess.Popen(
+            [*CLEANCUT, command, str(app.config), "--wait"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=_env(),
+        )
+        time.sleep(3)
+        assert proc.poll() is None, proc.communicate()
+    finally:
+        lock.release()
+    _out, err = proc.communicate(timeout=120)
+    assert proc.returncode in (0, 3), err  # 3: the unfrozen copy's weaker level
+    assert f"waiting for the run in progress (pid {os.getpid()}, verify, since " in err
+    assert len(_points(app)) == (2 if command == "backup" else 1)
 
 
 def test_forget_needs_a_retention_that_keeps_something(trusted_dir: Path) -> None:

@@ -8,7 +8,7 @@ from typing import Any
 
 import typer
 
-from cleancut.cli.common import APP_CONFIG, JSON, load, open_catalog, open_repository
+from cleancut.cli.common import APP_CONFIG, JSON, WAIT, load, open_catalog, open_repository
 from cleancut.cli.output import emit_json, err, fmt_bytes, fmt_ms, out, progress_bars
 from cleancut.coordinator import Coordinator
 from cleancut.coordinator.policy import post_script_failures
@@ -29,6 +29,7 @@ def backup(
         help="Add the host key of an SSH host that is not in its known_hosts yet (first "
         "contact only; a changed key is still refused).",
     ),
+    wait: bool = WAIT,
 ) -> None:
     """Take one recovery point (RP) of the application: every host at one consistent cut.
 
@@ -40,7 +41,8 @@ def backup(
     on_failure = "abort" refused it, 2 for a configuration error, 5 when a host was
     unreachable (no route, refused port, timeout), 10 when an SSH host refused the backup
     key or its host key is unknown or changed, 6 when a host failed a phase, 11 when
-    another backup of the application is running. Ctrl-C or SIGTERM release every host
+    another run of the application (backup, forget, verify) is in progress (--wait waits
+    for it). Ctrl-C or SIGTERM release every host
     first (thaw, end the database holds, run the post-scripts), then exit with 130 or 143.
     """
     loaded = load(config)
@@ -55,6 +57,8 @@ def backup(
                 bars.update(f"{data.get('host')}/{data.get('resource')}", data)
             elif kind == "phase" and data.get("state") == "done":
                 err.print(f"  {data['phase']:<9} done in {fmt_ms(data.get('seconds'))}")
+            if kind == "lock_wait" and not json_output:
+                err.print(data["message"], markup=False)
             if kind == "host_failed" and not json_output:
                 err.print(
                     f"  {data['phase']} failed on {data['host']}: {data['error']}", markup=False
@@ -70,6 +74,7 @@ def backup(
             catalog=catalog,
             on_event=on_event,
             connect=functools.partial(open_channel, accept_new_host_key=accept_new_host_keys),
+            wait=wait,
         )
         if dry_run:
             plan = coordinator.dry_run()

@@ -16,6 +16,12 @@ APP_CONFIG = typer.Argument(
     ..., help="The application config file (e.g. shop.toml).", show_default=False
 )
 JSON = typer.Option(False, "--json", help="Print JSON (one object per line) instead of tables.")
+WAIT = typer.Option(
+    False,
+    "--wait",
+    help="When another run of the application (backup, forget, verify) is in progress on "
+    "this machine, wait for it to finish instead of failing with exit code 11.",
+)
 
 
 def open_repository(loaded: LoadedApp) -> tuple[RepositoryAccess, ResticMover]:

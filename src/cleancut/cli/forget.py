@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from cleancut.cli.common import APP_CONFIG, JSON, load, open_catalog, open_repository
+from cleancut.cli.common import APP_CONFIG, JSON, WAIT, load, open_catalog, open_repository
 from cleancut.cli.output import emit_json, err, out, print_table
 from cleancut.coordinator.runlock import AppLock
 from cleancut.errors import ConfigError
@@ -25,6 +25,7 @@ def forget(
         False, "--prune", help="Afterwards run restic prune to reclaim the space."
     ),
     json_output: bool = JSON,
+    wait: bool = WAIT,
 ) -> None:
     """Forget the recovery points [retention] does not keep, each one whole.
 
@@ -33,7 +34,8 @@ def forget(
     spans many hosts and is kept or forgotten with all its members. A forgotten RP leaves
     the catalog first, then its manifest goes, then its member snapshots, in one restic
     call each; member snapshots no manifest names (an interrupted backup) go too and are
-    reported. A forget stopped at any moment leaves only whole RPs.
+    reported. A forget stopped at any moment leaves only whole RPs. It never runs beside a
+    backup or verify of the application (exit code 11, or --wait).
     """
     loaded = load(config)
     retention = loaded.config.retention
@@ -47,7 +49,7 @@ def forget(
     catalog = open_catalog(loaded)
     _access, mover = open_repository(loaded)
     say = (lambda _text: None) if json_output else (lambda text: err.print(text, markup=False))
-    with AppLock(loaded.config.name, action="forget"):
+    with AppLock(loaded.config.name, action="forget", wait=wait, on_wait=say):
         plan = plan_forget(loaded.config.name, policy_of(retention), catalog, mover)
         if dry_run:
             result = ForgetResult(plan, dry_run=True)

@@ -7,8 +7,9 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from cleancut.cli.common import APP_CONFIG, JSON, load, open_catalog, open_repository
+from cleancut.cli.common import APP_CONFIG, JSON, WAIT, load, open_catalog, open_repository
 from cleancut.cli.output import emit_json, err, out, print_table
+from cleancut.coordinator.runlock import AppLock
 from cleancut.errors import CleancutError
 from cleancut.verify import VerifyReport, verify_rp
 
@@ -27,6 +28,7 @@ def verify(
         "--sandbox",
         help="Folder to create the sandbox in (default /var/lib/cleancut/verify as root).",
     ),
+    wait: bool = WAIT,
 ) -> None:
     """Prove a recovery point restores: restore it into a sandbox and check everything.
 
@@ -38,13 +40,15 @@ def verify(
     CLEANCUT_VOLUME_<NAME> (a restored folder) in their environment. Reports each check,
     the RTO (restore start until every database answers) and each database's recovery
     time. The sandbox is removed afterwards unless --keep. Exit code 0 only when every
-    check passed, 1 otherwise.
+    check passed, 1 otherwise, 11 when another run of the application is in progress
+    (--wait waits for it).
     """
     loaded = load(config)
     _access, mover = open_repository(loaded)
     entry = open_catalog(loaded).get(loaded.config.name, rp)
     say = (lambda _text: None) if json_output else (lambda text: err.print(text, markup=False))
-    report = verify_rp(loaded, entry.manifest, mover, sandbox=sandbox, keep=keep, say=say)
+    with AppLock(loaded.config.name, action="verify", wait=wait, on_wait=say):
+        report = verify_rp(loaded, entry.manifest, mover, sandbox=sandbox, keep=keep, say=say)
     if json_output:
         emit_json("verify", report.as_dict())
     else:

@@ -82,8 +82,12 @@ class Coordinator:
         catalog: Catalog | None = None,
         on_event: EventSink = _ignore,
         connect: Callable[[str, Any], Channel] = open_channel,
+        wait: bool = False,
     ) -> None:
+        """``wait``: wait for another run of the application in progress (an ``lock_wait``
+        event says so) instead of failing with :class:`AlreadyRunning`."""
         self.app = app
+        self.wait = wait
         self.config = app.config
         self.access = access
         self.mover = mover
@@ -329,7 +333,12 @@ class Coordinator:
         Whatever happens — an error, a policy abort, Ctrl-C, SIGTERM — every host is
         released before this returns; an interruption then raises :class:`Interrupted`.
         """
-        with AppLock(self.config.name):  # refused here while another cut of it runs
+        lock = AppLock(
+            self.config.name,
+            wait=self.wait,
+            on_wait=lambda text: self.on_event("lock_wait", {"message": text}),
+        )
+        with lock:  # refused (or waited for) here while another run of it goes on
             return self._run()
 
     def _run(self) -> CutOutcome:

@@ -16,6 +16,7 @@ import fcntl
 import os
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 
@@ -39,9 +40,21 @@ def lock_folder() -> Path:
 class AppLock:
     """Held while one run (``action``) of ``app`` goes on; a context manager."""
 
-    def __init__(self, app: str, folder: Path | None = None, *, action: str = "backup") -> None:
+    def __init__(
+        self,
+        app: str,
+        folder: Path | None = None,
+        *,
+        action: str = "backup",
+        wait: bool = False,
+        on_wait: Callable[[str], object] = lambda _text: None,
+    ) -> None:
+        """``wait``: when another run holds the lock, say so through ``on_wait`` and wait
+        for it (Ctrl-C or SIGTERM still end the wait) instead of failing at once."""
         self.app = app
         self.action = action
+        self.wait = wait
+        self.on_wait = on_wait
         self.path = (folder or lock_folder()) / f"{app}.lock"
         self._fd = -1
 
@@ -52,13 +65,15 @@ class AppLock:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "unknown"
-            os.close(fd)
-            raise AlreadyRunning(
-                f"application {self.app}: another cleancut run is in progress ({holder}); "
-                f"this {self.action} waits for none: run it again when that one has "
-                "finished, or stop that one (a backup releases every host first). Lock: "
-                f"{self.path}"
-            ) from None
+            if not self.wait:
+                os.close(fd)
+                raise AlreadyRunning(
+                    f"application {self.app}: another cleancut run is in progress ({holder}); "
+                    f"run this {self.action} again when it has finished, give --wait to wait "
+                    "for it, or stop it (a backup releases every host first). Lock: "
+                    f"{self.path}"
+                ) from None
+            self._wait_for(fd, holder)
         except BaseException:
             os.close(fd)
             raise
@@ -66,6 +81,18 @@ class AppLock:
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"pid {os.getpid()}, {self.action}, since {stamp}\n".encode(), 0)
         self._fd = fd
+
+    def _wait_for(self, fd: int, holder: str) -> None:
+        """Block until the lock is free; the descriptor is closed if the wait is ended."""
+        self.on_wait(
+            f"application {self.app}: waiting for the run in progress ({holder}) to finish "
+            f"before this {self.action} starts (lock {self.path})"
+        )
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        except BaseException:
+            os.close(fd)
+            raise
 
     def release(self) -> None:
         if self._fd >= 0:
