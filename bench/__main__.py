@@ -1,4 +1,4 @@
-"""``python -m bench [--quick] [--only stall|mover|writers|hosts|consistency]``: run
+"""``python -m bench [--quick] [--only stall|mover|writers|hosts|consistency|forget]``: run
 cleancut's benchmarks.
 
 They need root (loop devices, mounts, FIFREEZE) and restic. They measure and print; they
@@ -6,8 +6,10 @@ assert nothing about speed. ``--quick`` runs few cuts on small data, for a smoke
 By default the stall, mover and database-writer benchmarks run. The host-count benchmark
 (``hosts``: a testbed of up to 16 SSH hosts) and the cross-database consistency table
 (``consistency``: three VMs with PostgreSQL, MariaDB and a share, 20 backups per method)
+and the forget benchmark (``forget``: 200 real recovery points of a three-host application,
+then ``cleancut forget`` against one ``restic forget`` per snapshot)
 take many minutes and run only when asked for with ``--only`` (or ``python -m
-bench.hosts`` / ``python -m bench.consistency``).
+bench.hosts`` / ``python -m bench.consistency`` / ``python -m bench.forget``).
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from bench import consistency, hosts, mover, stall, writers
+from bench import consistency, forget, hosts, mover, stall, writers
 from bench.common import require_root, say
 
 FULL_CUTS = 50
@@ -35,7 +37,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--only",
-        choices=["stall", "mover", "writers", "hosts", "consistency"],
+        choices=["stall", "mover", "writers", "hosts", "consistency", "forget"],
         help="run one benchmark only",
     )
     parser.add_argument("--cuts", type=int, help="cuts per method for the stall benchmark")
@@ -58,6 +60,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.only == "consistency":
         backups = QUICK_CUTS if args.quick else consistency.BACKUPS
         return consistency.main(["--backups", str(backups)])
+    if args.only == "forget":
+        points = forget.QUICK_POINTS if args.quick else forget.POINTS
+        return forget.main(["--points", str(points)])
     status = 0
     for name in ("stall", "mover", "writers"):
         if args.only not in (None, name):

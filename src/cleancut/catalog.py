@@ -94,6 +94,28 @@ class Catalog:
             ).fetchall()
         return [self._entry(row) for row in rows]
 
+    def count(self, app: str) -> int:
+        """How many recovery points the application has."""
+        with self._connect() as db:
+            row = db.execute(
+                "SELECT count(*) FROM recovery_points WHERE app = ?", (app,)
+            ).fetchone()
+        return int(row[0])
+
+    def newest(self, app: str, *, application_level: bool = False) -> CatalogEntry | None:
+        """The newest RP, or the newest application-level, group-consistent one; one row
+        read however many the catalog holds."""
+        where = "app = ?"
+        if application_level:
+            where += " AND level = 'application' AND group_consistent = 1"
+        with self._connect() as db:
+            row = db.execute(
+                f"SELECT {_COLUMNS} FROM recovery_points WHERE {where} "
+                "ORDER BY created_at DESC, rp_id DESC LIMIT 1",
+                (app,),
+            ).fetchone()
+        return None if row is None else self._entry(row)
+
     def get(self, app: str, rp_id: str) -> CatalogEntry:
         """One RP by its id, a unique prefix of it, or ``latest``."""
         entries = self.list(app)

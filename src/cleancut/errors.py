@@ -19,6 +19,7 @@
     ├── CatalogError (1)             the local index is unreadable
     ├── NotFound (8)                 no such recovery point / resource
     ├── AlreadyRunning (11)          another backup of the application runs (coordinator.runlock)
+    ├── CheckProblems (12)           ``cleancut check`` found damage, missing members, orphans, ...
     ├── Interrupted (130, 143, ...)  Ctrl-C or SIGTERM: every host was released first
     └── RestoreRefused (2)           a restore would overwrite live data without --in-place
 
@@ -171,6 +172,12 @@ class NotFound(CleancutError):
     """The requested recovery point or resource does not exist."""
 
     exit_code = 8
+
+
+class CheckProblems(CleancutError):
+    """The repository check found problems (each one was reported)."""
+
+    exit_code = 12
 
 
 class RestoreRefused(CleancutError):

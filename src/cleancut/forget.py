@@ -106,21 +106,40 @@ class ForgetResult:
         }
 
 
-def plan_forget(app: str, policy: Policy, catalog: Catalog, mover: Mover) -> ForgetPlan:
-    """Decide per RP; the catalog is rebuilt first when it does not match the repository."""
-    snapshots = mover.find({"app": app})
-    manifests: dict[str, list[str]] = {}
-    members: dict[str, list[str]] = {}
-    member_snapshots: list[StoredSnapshot] = []
-    for snapshot in snapshots:
+@dataclass
+class AppSnapshots:
+    """An application's snapshots in the repository, grouped by the recovery point they tag."""
+
+    manifests: dict[str, list[str]]  # rp -> its manifest snapshot ids
+    members: dict[str, list[str]]  # rp -> its member snapshot ids
+    member_snapshots: list[StoredSnapshot]
+
+    @property
+    def leftovers(self) -> list[StoredSnapshot]:
+        """Member snapshots whose RP has no manifest: an interrupted backup or forget."""
+        return [s for s in self.member_snapshots if s.tags.get("rp") not in self.manifests]
+
+
+def list_app_snapshots(app: str, mover: Mover) -> AppSnapshots:
+    """One snapshot listing, split into manifests and members (snapshots without an RP
+    tag are not cleancut's and are left out)."""
+    stored = AppSnapshots({}, {}, [])
+    for snapshot in mover.find({"app": app}):
         rp = snapshot.tags.get("rp")
         if rp is None:
             continue
         if MANIFEST_TAG in snapshot.tags:
-            manifests.setdefault(rp, []).append(snapshot.snapshot_id)
+            stored.manifests.setdefault(rp, []).append(snapshot.snapshot_id)
         elif "cleancut" in snapshot.tags:
-            members.setdefault(rp, []).append(snapshot.snapshot_id)
-            member_snapshots.append(snapshot)
+            stored.members.setdefault(rp, []).append(snapshot.snapshot_id)
+            stored.member_snapshots.append(snapshot)
+    return stored
+
+
+def plan_forget(app: str, policy: Policy, catalog: Catalog, mover: Mover) -> ForgetPlan:
+    """Decide per RP; the catalog is rebuilt first when it does not match the repository."""
+    stored = list_app_snapshots(app, mover)
+    manifests = stored.manifests
     entries = {entry.rp_id: entry for entry in catalog.list(app)}
     rebuilt = False
     calls = 1
@@ -130,9 +149,15 @@ def plan_forget(app: str, policy: Policy, catalog: Catalog, mover: Mover) -> For
         entries = {entry.rp_id: entry for entry in catalog.list(app)}
         rebuilt = True
     points = [Point(e.rp_id, e.created_at, e.level) for e in entries.values()]
-    leftovers = [s for s in member_snapshots if s.tags.get("rp") not in manifests]
     return ForgetPlan(
-        app, decide(points, policy), entries, manifests, members, leftovers, rebuilt, calls
+        app,
+        decide(points, policy),
+        entries,
+        manifests,
+        stored.members,
+        stored.leftovers,
+        rebuilt,
+        calls,
     )
 
 

@@ -2,18 +2,28 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 from pathlib import Path
 from typing import Any
 
 import typer
 
-from cleancut.cli.common import APP_CONFIG, JSON, WAIT, load, open_catalog, open_repository
+from cleancut.cli.common import (
+    APP_CONFIG,
+    JSON,
+    WAIT,
+    load,
+    open_catalog,
+    open_repository,
+    tracked,
+)
 from cleancut.cli.output import emit_json, err, fmt_bytes, fmt_ms, out, progress_bars
 from cleancut.coordinator import Coordinator
 from cleancut.coordinator.policy import post_script_failures
 from cleancut.errors import EXIT_DEGRADED, EXIT_POST_FAILED
 from cleancut.manifest import Manifest
+from cleancut.monitoring.summaries import backup_summary
 from cleancut.transport import open_channel
 
 
@@ -48,7 +58,8 @@ def backup(
     loaded = load(config)
     access, mover = open_repository(loaded)
     catalog = None if dry_run else open_catalog(loaded)
-    with progress_bars(not json_output and not dry_run) as bars:
+    run = None if catalog is None else tracked(loaded, "backup", catalog, mover)
+    with run or contextlib.nullcontext(), progress_bars(not json_output and not dry_run) as bars:
 
         def on_event(kind: str, data: dict[str, Any]) -> None:
             if json_output:
@@ -59,6 +70,8 @@ def backup(
                 err.print(f"  {data['phase']:<9} done in {fmt_ms(data.get('seconds'))}")
             if kind == "lock_wait" and not json_output:
                 err.print(data["message"], markup=False)
+            if kind == "host_failed" and run is not None:
+                run.host_failed(str(data["host"]), str(data["phase"]), str(data["error"]))
             if kind == "host_failed" and not json_output:
                 err.print(
                     f"  {data['phase']} failed on {data['host']}: {data['error']}", markup=False
@@ -85,7 +98,13 @@ def backup(
         finally:  # committed, aborted or failed: a quiesced application is never silent
             failures = post_script_failures(coordinator.reports.values())
             warn_post_failures(failures)
-    manifest = outcome.manifest
+        manifest = outcome.manifest
+        strong = manifest.level == "application" and manifest.group_consistent
+        if run is not None:
+            run.done(
+                "success" if strong and not failures else "degraded",
+                backup_summary(manifest, failures),
+            )
     if json_output:
         emit_json(
             "result",
@@ -95,7 +114,7 @@ def backup(
         print_summary(manifest)
     if failures:
         raise typer.Exit(EXIT_POST_FAILED)
-    if not (manifest.level == "application" and manifest.group_consistent):
+    if not strong:
         raise typer.Exit(EXIT_DEGRADED)
 
 

@@ -7,11 +7,20 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from cleancut.cli.common import APP_CONFIG, JSON, WAIT, load, open_catalog, open_repository
+from cleancut.cli.common import (
+    APP_CONFIG,
+    JSON,
+    WAIT,
+    load,
+    open_catalog,
+    open_repository,
+    tracked,
+)
 from cleancut.cli.output import emit_json, err, out, print_table
 from cleancut.coordinator.runlock import AppLock
 from cleancut.errors import ConfigError
 from cleancut.forget import ForgetResult, apply_forget, plan_forget, policy_of
+from cleancut.monitoring.summaries import forget_summary
 
 
 def forget(
@@ -49,12 +58,16 @@ def forget(
     catalog = open_catalog(loaded)
     _access, mover = open_repository(loaded)
     say = (lambda _text: None) if json_output else (lambda text: err.print(text, markup=False))
-    with AppLock(loaded.config.name, action="forget", wait=wait, on_wait=say):
-        plan = plan_forget(loaded.config.name, policy_of(retention), catalog, mover)
-        if dry_run:
-            result = ForgetResult(plan, dry_run=True)
-        else:
+    lock = AppLock(loaded.config.name, action="forget", wait=wait, on_wait=say)
+    if dry_run:  # a look, not a run: it is not recorded
+        with lock:
+            plan = plan_forget(loaded.config.name, policy_of(retention), catalog, mover)
+        result = ForgetResult(plan, dry_run=True)
+    else:
+        with tracked(loaded, "forget", catalog, mover) as run, lock:
+            plan = plan_forget(loaded.config.name, policy_of(retention), catalog, mover)
             result = apply_forget(plan, catalog, mover, prune=prune, say=say)
+            run.done("success", forget_summary(result))
     if json_output:
         emit_json("forget", result.as_dict())
     else:

@@ -11,12 +11,15 @@ from cleancut import __version__, signals
 from cleancut.cli import (
     backup,
     catalog_cmd,
+    check,
     config_cmd,
     demo,
     forget,
     guest,
+    logs,
     points,
     restore,
+    status,
     verify,
 )
 from cleancut.cli.output import err
@@ -40,6 +43,9 @@ app.command("points")(points.points)
 app.command("restore")(restore.restore)
 app.command("verify")(verify.verify)
 app.command("forget")(forget.forget)
+app.command("check")(check.check)
+app.command("status")(status.status)
+app.command("metrics")(status.metrics)
 app.add_typer(guest.app, name="guest")
 app.command("demo")(demo.demo)
 
@@ -55,6 +61,23 @@ def _root(
     version: bool = typer.Option(
         False, "--version", callback=_version, is_eager=True, help="Print the version and exit."
     ),
+    log_json: bool = typer.Option(
+        False,
+        "--log-json",
+        help="Write stderr as one JSON object per line (time, level, message). May be given "
+        "anywhere on the command line, as may -v and -q.",
+    ),
+    verbose: int = typer.Option(
+        0,
+        "-v",
+        "--verbose",
+        count=True,
+        show_default=False,
+        help="Say more: every restic command, every connection.",
+    ),
+    quiet: bool = typer.Option(
+        False, "-q", "--quiet", help="Say only warnings and errors on stderr (no progress)."
+    ),
 ) -> None:
     """Application-consistent backups of whole applications at one consistent cut."""
 
@@ -62,8 +85,10 @@ def _root(
 def main() -> None:
     """Run the CLI; map cleancut's errors to their exit codes with a one-line message."""
     signals.install()  # SIGTERM/SIGHUP unwind like Ctrl-C: every host is released first
+    argv, options = logs.split(sys.argv[1:])  # --log-json, -v, -q: anywhere on the line
+    logs.configure(options)
     try:
-        app(prog_name="cleancut")  # also under `python -m cleancut`: usage, completion
+        app(args=argv, prog_name="cleancut")  # also under `python -m cleancut`
     except Interrupted as exc:
         err.print(escape(exc.message))
         sys.exit(exc.exit_code)

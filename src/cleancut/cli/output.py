@@ -29,6 +29,8 @@ from rich.table import Table
 _COLOR_SYSTEM: Literal["auto"] | None = None if os.environ.get("NO_COLOR") else "auto"
 out = Console(highlight=False, soft_wrap=True, color_system=_COLOR_SYSTEM)
 err = Console(stderr=True, highlight=False, soft_wrap=True, color_system=_COLOR_SYSTEM)
+#: False with -q or --log-json (see cleancut.cli.logs): stderr then carries lines only.
+progress_allowed = True
 
 
 def print_table(table: Table) -> None:
@@ -106,7 +108,7 @@ class ProgressView:
 @contextmanager
 def progress_bars(enabled: bool) -> Iterator[ProgressView | None]:
     """Progress bars on stderr while the block runs (nothing when disabled)."""
-    if not enabled:
+    if not enabled or not progress_allowed:
         yield None
         return
     progress = Progress(

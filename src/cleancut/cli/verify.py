@@ -7,10 +7,19 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from cleancut.cli.common import APP_CONFIG, JSON, WAIT, load, open_catalog, open_repository
+from cleancut.cli.common import (
+    APP_CONFIG,
+    JSON,
+    WAIT,
+    load,
+    open_catalog,
+    open_repository,
+    tracked,
+)
 from cleancut.cli.output import emit_json, err, out, print_table
 from cleancut.coordinator.runlock import AppLock
 from cleancut.errors import CleancutError
+from cleancut.monitoring.summaries import verify_summary
 from cleancut.verify import VerifyReport, verify_rp
 
 
@@ -45,10 +54,15 @@ def verify(
     """
     loaded = load(config)
     _access, mover = open_repository(loaded)
-    entry = open_catalog(loaded).get(loaded.config.name, rp)
+    catalog = open_catalog(loaded)
     say = (lambda _text: None) if json_output else (lambda text: err.print(text, markup=False))
-    with AppLock(loaded.config.name, action="verify", wait=wait, on_wait=say):
+    with (
+        tracked(loaded, "verify", catalog) as run,
+        AppLock(loaded.config.name, action="verify", wait=wait, on_wait=say),
+    ):
+        entry = catalog.get(loaded.config.name, rp)
         report = verify_rp(loaded, entry.manifest, mover, sandbox=sandbox, keep=keep, say=say)
+        run.done("success" if report.ok else "failure", verify_summary(report))
     if json_output:
         emit_json("verify", report.as_dict())
     else:

@@ -10,6 +10,7 @@ from typing import Annotated, Literal
 from pydantic import Field, StringConstraints, field_validator, model_validator
 
 from cleancut.config.base import Duration, Strict
+from cleancut.config.operations import Monitoring, Schedule
 from cleancut.levels import Level
 
 AppName = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9_-]*$", max_length=64)]
@@ -169,6 +170,8 @@ class AppConfig(Strict):
     hosts: dict[HostName, Host] = Field(min_length=1)
     checks: list[AppCheck] = Field(default_factory=list)
     retention: Retention | None = None
+    schedule: Schedule | None = None
+    monitoring: Monitoring | None = None
 
     @field_validator("freeze_timeout")
     @classmethod

@@ -18,16 +18,26 @@ from cleancut.guest.security import check_config_file, check_hook_command
 from cleancut.mover.base import RepositoryAccess
 
 _KEY = "repository.password_command"
+#: The credential ``cleancut schedule install`` has systemd load (``LoadCredential=``).
+CREDENTIAL = "repository-password"
 
 
 def resolve_password(repo: Repository, *, config_file: str) -> str:
-    """The repository password from password_file, password_command or RESTIC_PASSWORD."""
+    """The repository password from password_file, password_command or RESTIC_PASSWORD.
+
+    Under a scheduled unit, password_file is handed in as the systemd credential
+    ``repository-password`` (the unit itself cannot read the path), so that copy is used.
+    """
     if repo.password_file is not None:
+        source = repo.password_file
+        credentials = os.environ.get("CREDENTIALS_DIRECTORY")
+        if credentials and (Path(credentials) / CREDENTIAL).is_file():
+            source = Path(credentials) / CREDENTIAL
         try:
-            text = repo.password_file.read_text(encoding="utf-8")
+            text = source.read_text(encoding="utf-8")
         except OSError as exc:
             raise ConfigError(
-                f"cannot read {repo.password_file}: {exc.strerror}",
+                f"cannot read {source}: {exc.strerror}",
                 file=config_file,
                 key="repository.password_file",
                 hint="create the file with the repository password, mode 600",

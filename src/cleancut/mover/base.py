@@ -55,6 +55,17 @@ class StoredSnapshot:
     paths: list[str]
 
 
+@dataclass(frozen=True)
+class RepositoryCheck:
+    """What the repository tool's own check found: ``ok`` False when it reported damage
+    (or could not finish); ``output`` is the tail of what it printed."""
+
+    ok: bool
+    seconds: float
+    output: list[str]
+    read_data_subset: str | None = None
+
+
 class Mover(abc.ABC):
     """Moves data into the repository and back."""
 
@@ -117,6 +128,22 @@ class Mover(abc.ABC):
     @abc.abstractmethod
     def prune(self) -> None:
         """Reclaim the space no snapshot refers to any more."""
+
+    @abc.abstractmethod
+    def repository_size(self) -> int:
+        """The bytes the repository stores (after deduplication and compression)."""
+
+    @abc.abstractmethod
+    def check(self, read_data_subset: str | None = None) -> RepositoryCheck:
+        """Verify the repository's structure and, with ``read_data_subset`` (``5%``,
+        ``1/10`` or ``500M``), read back that part of its data. Damage found is a result,
+        not an error; a repository that cannot be opened or is locked raises."""
+
+    @abc.abstractmethod
+    def snapshot_sizes(self, snapshot_ids: Sequence[str]) -> dict[str, int]:
+        """Per snapshot, the bytes its backup processed (:attr:`Upload.bytes_processed`):
+        what a recovery point's manifest recorded for the member, so the two can be
+        compared. Keys are the ids as given; an id the repository lacks is left out."""
 
     @abc.abstractmethod
     def restore(

@@ -26,6 +26,7 @@ import shlex
 import signal
 import subprocess
 import threading
+import time
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime
@@ -37,6 +38,7 @@ from cleancut.mover.base import (
     Mover,
     ProgressCallback,
     RepositoryAccess,
+    RepositoryCheck,
     StoredSnapshot,
     Upload,
 )
@@ -45,6 +47,13 @@ _STDERR_LINES = 200
 _MESSAGE_LINES = 6
 _NO_REPOSITORY = ("does not exist", "no such file or directory", "is there a repository")
 _INSTALL_HINT = "run `make setup`, or `apt-get install restic`"
+_CHECK_TAIL_LINES = 20
+#: restic check's verdict when it found damage (the other failures are about access)
+_CHECK_FOUND = ("repository contains errors", "loadindex returned errors")
+_CHECK_ACCESS = ("already locked", "wrong password", "is there a repository", "does not exist")
+#: snapshots per ``restic find`` call, which takes them as ``--snapshot ID`` arguments
+_FIND_BATCH = 500
+_CHUNK = 1 << 20
 
 
 def render_tags(tags: Mapping[str, str]) -> str:
@@ -225,6 +234,74 @@ class ResticMover(Mover):
         """``restic prune``: reclaim the space of forgotten snapshots."""
         self._run([*self._base(), "prune"])
 
+    def repository_size(self) -> int:
+        """``restic stats --mode raw-data``: what the repository's packs hold."""
+        output = self._run([*self._base(), "stats", "--mode", "raw-data", "--json"])
+        try:
+            return int(json.loads(output)["total_size"])
+        except (ValueError, KeyError, TypeError) as exc:
+            raise MoverError(f"restic stats printed no total_size: {output[:200]!r}") from exc
+
+    def check(self, read_data_subset: str | None = None) -> RepositoryCheck:
+        """``restic check [--read-data-subset X]``, which takes restic's exclusive lock.
+
+        restic exits 1 both when it found damage and when it could not open or lock the
+        repository; the second is raised (like every other command's failure), anything
+        else that stopped the check is reported as the check's failure.
+        """
+        argv = [*self._base(), "check"]
+        if read_data_subset is not None:
+            argv += ["--read-data-subset", read_data_subset]
+        started = time.monotonic()
+        returncode, stdout, stderr = self._call(argv)
+        seconds = time.monotonic() - started
+        lowered = stderr.decode(errors="replace").lower()
+        found = any(text in lowered for text in _CHECK_FOUND)
+        if returncode != 0 and not found and any(text in lowered for text in _CHECK_ACCESS):
+            self._raise(argv, returncode, stderr)
+        lines = (stdout + b"\n" + stderr).decode(errors="replace").splitlines()
+        kept = [line.rstrip() for line in lines if line.strip()]
+        return RepositoryCheck(
+            ok=returncode == 0,
+            seconds=seconds,
+            output=kept[-_CHECK_TAIL_LINES:],
+            read_data_subset=read_data_subset,
+        )
+
+    def snapshot_sizes(self, snapshot_ids: Sequence[str]) -> dict[str, int]:
+        """The sum of the file sizes in each snapshot, from ``restic find '*'``: every node
+        of every snapshot in one call per :data:`_FIND_BATCH` snapshots.
+
+        That sum is what ``restic backup`` reports as ``total_bytes_processed``: each
+        regular file's size, a hard link counted each time it appears. ``restic stats
+        --mode restore-size`` counts an inode once, so it falls short for a tree with hard
+        links; ``restic ls`` gives the right sum but takes one call per snapshot.
+        """
+        sizes: dict[str, int] = {}
+        unique = list(dict.fromkeys(snapshot_ids))
+        for start in range(0, len(unique), _FIND_BATCH):
+            batch = unique[start : start + _FIND_BATCH]
+            argv = [*self._base(), "find", "--json"]
+            for snapshot_id in batch:
+                argv += ["--snapshot", snapshot_id]
+            argv.append("*")  # every node: a name pattern that matches any name
+            reader = FindSizes()
+            returncode, stderr = self._pipe(argv, None, reader.read)
+            if returncode != 0:
+                self._raise(argv, returncode, stderr)
+            try:
+                found = reader.sizes()
+            except ValueError as exc:
+                raise MoverError(
+                    f"could not read the file sizes restic find reported: {exc}; "
+                    f"run `restic check` (command: {self._show(argv)})"
+                ) from exc
+            for snapshot_id in batch:
+                matches = [size for full, size in found.items() if full.startswith(snapshot_id)]
+                if matches:
+                    sizes[snapshot_id] = matches[0]
+        return sizes
+
     # -- plumbing -------------------------------------------------------------------
 
     def _base(self) -> list[str]:
@@ -297,14 +374,27 @@ class ResticMover(Mover):
         self, argv: list[str], cwd: Path, on_line: Callable[[bytes], None]
     ) -> tuple[int, bytes]:
         """Run restic, handing each stdout line to ``on_line`` as it comes."""
+
+        def lines(stdout: IO[bytes]) -> None:
+            for line in stdout:
+                on_line(line)
+
+        return self._pipe(argv, cwd, lines)
+
+    def _pipe(
+        self, argv: list[str], cwd: Path | None, consume: Callable[[IO[bytes]], None]
+    ) -> tuple[int, bytes]:
+        """Run restic with ``consume`` reading its stdout; its exit status and stderr tail.
+
+        Should ``consume`` raise, restic is interrupted first, so that it drops its lock.
+        """
         tail: deque[bytes] = deque(maxlen=_STDERR_LINES)
         with self._spawn(argv, cwd, subprocess.DEVNULL) as proc:
             assert proc.stdout is not None and proc.stderr is not None
             drain = threading.Thread(target=_drain, args=(proc.stderr, tail), daemon=True)
             drain.start()
             try:
-                for line in proc.stdout:
-                    on_line(line)
+                consume(proc.stdout)
             except BaseException:
                 _interrupt(proc)
                 raise
@@ -391,6 +481,83 @@ class _BackupOutput:
             files_changed=int(summary.get("files_changed", 0)),
             files_unmodified=int(summary.get("files_unmodified", 0)),
         )
+
+
+class FindSizes:
+    """Sums the file sizes per snapshot in the output of ``restic find --json '*'``.
+
+    restic prints one JSON array holding every node of every snapshot, on one line: far
+    too much to load at once for a large tree, so it is read in chunks and only two keys
+    are taken from it, in order: each node's ``"size":N`` (files only; restic leaves it
+    out when 0) and, closing each snapshot's list, ``"snapshot":"ID"``. Neither can be
+    matched inside a string value, where JSON escapes every quote; neither holds a
+    comma, so a chunk is cut after its last comma. A raw newline before the end means
+    restic put a plain-text message (an unreadable tree) among the JSON: that is refused.
+    """
+
+    _TOKEN = re.compile(rb'"(size|snapshot)":(?:(\d+)|"([0-9a-f]+)")')
+
+    def __init__(self) -> None:
+        self._sizes: dict[str, int] = {}
+        self._pending = 0
+        self._rest = b""
+        self._started = False
+        self._ended = False
+        self._error: str | None = None
+
+    def read(self, stdout: IO[bytes]) -> None:
+        """Consume restic's stdout to its end."""
+        for chunk in iter(lambda: stdout.read(_CHUNK), b""):
+            self.feed(chunk)
+        self._scan(self._rest)
+        self._rest = b""
+
+    def feed(self, chunk: bytes) -> None:
+        self._guard(chunk)
+        data = self._rest + chunk
+        cut = data.rfind(b",") + 1
+        self._scan(data[:cut])
+        self._rest = data[cut:]
+
+    def sizes(self) -> dict[str, int]:
+        """Full snapshot id -> bytes; ValueError when the output was not restic's JSON."""
+        if self._error is None and not self._started:
+            self._error = "restic printed nothing"
+        if self._error is None and self._pending:
+            self._error = "file sizes after the last snapshot id"
+        if self._error is not None:
+            raise ValueError(self._error)
+        return dict(self._sizes)
+
+    def _guard(self, chunk: bytes) -> None:
+        if self._error is not None:
+            return
+        text = chunk if self._started else chunk.lstrip()
+        if text and not self._started:
+            self._started = True
+            if not text.startswith(b"["):
+                self._error = f"not JSON: {_first_line(text)!r}"
+                return
+        if self._ended and text.strip():
+            self._error = f"text after the JSON: {_first_line(text.strip())!r}"
+        newline = text.find(b"\n")
+        if newline >= 0:
+            self._ended = True
+            if text[newline:].strip():
+                self._error = f"text among the JSON: {_first_line(text[newline:].strip())!r}"
+
+    def _scan(self, data: bytes) -> None:
+        for match in self._TOKEN.finditer(data):
+            if match.group(1) == b"size" and match.group(2) is not None:
+                self._pending += int(match.group(2))
+            elif match.group(1) == b"snapshot" and match.group(3) is not None:
+                full = match.group(3).decode()
+                self._sizes[full] = self._sizes.get(full, 0) + self._pending
+                self._pending = 0
+
+
+def _first_line(data: bytes) -> str:
+    return data.decode(errors="replace").splitlines()[0][:200] if data else ""
 
 
 def _status_progress(status: Mapping[str, Any]) -> dict[str, Any]:

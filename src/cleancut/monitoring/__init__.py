@@ -1,0 +1,1 @@
+"""Telling the truth about every run: Prometheus metrics, notifications and pings."""
