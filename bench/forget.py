@@ -203,6 +203,9 @@ def take_points(bench: Bench, count: int) -> tuple[list[str], float, float]:
     paced = 0.0
     started = time.monotonic()
     with _home(place / "home"):
+        # restic init first: a Ctrl-C that lands in the first cut is then a cut's Ctrl-C
+        mover.ensure_repository()
+        say(f"taking {count} recovery points of a {len(HOSTS)}-host application")
         for index in range(1, count + 1):
             paced += _pace(ids[-1] if ids else None)
             outcome = Coordinator(loaded, access=access, mover=mover, catalog=catalog).run()
@@ -360,7 +363,6 @@ def report(count: int, ours: Measured, base: Measured, rebuild: Measured, took: 
 
 def _measure(bench: Bench, count: int) -> tuple[Measured, Measured, Measured]:
     """Take the points, copy them three times, measure each copy, check the forgets."""
-    say(f"taking {count} recovery points of a {len(HOSTS)}-host application")
     ids, seconds, paced = take_points(bench, count)
     say(f"{count} RPs in {seconds:.0f} s ({seconds / count:.2f} s each; paced {paced:.1f} s)")
     copies = {name: copy_place(bench, name) for name in ("rebuild", "forget", "baseline")}
