@@ -19,6 +19,7 @@ from cleancut.cli import (
     logs,
     points,
     restore,
+    schedule,
     status,
     verify,
 )
@@ -38,6 +39,7 @@ app = typer.Typer(
 )
 app.add_typer(config_cmd.app, name="config")
 app.add_typer(catalog_cmd.app, name="catalog")
+app.add_typer(schedule.app, name="schedule")
 app.command("backup")(backup.backup)
 app.command("points")(points.points)
 app.command("restore")(restore.restore)
