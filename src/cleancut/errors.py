@@ -16,6 +16,7 @@
     ├── HookError (6)                a hook failed, timed out or could not be started
     ├── PolicyAbort (4)              on_failure = "abort" and a member fell below application
     ├── MoverError (7)               restic failed; carries restic's own message
+    │   └── ResticInterrupted (130)  restic was stopped by SIGINT (a Ctrl-C that cleancut ignored)
     ├── CatalogError (1)             the local index is unreadable
     ├── NotFound (8)                 no such recovery point / resource
     ├── AlreadyRunning (11)          another backup of the application runs (coordinator.runlock)
@@ -162,6 +163,19 @@ class MoverError(CleancutError):
     """The backup repository tool failed."""
 
     exit_code = 7
+
+
+class ResticInterrupted(MoverError):
+    """restic was stopped by SIGINT.
+
+    A Ctrl-C reaches every process of the terminal's group. cleancut's own handler
+    usually wins and the run ends as :class:`Interrupted`; but restic (a Go program)
+    takes SIGINT even when it was started with SIGINT ignored (``cleancut backup &`` in a
+    script), so the interruption may be known only from restic's exit status. It is an
+    interruption all the same, not a restic failure.
+    """
+
+    exit_code = 130
 
 
 class CatalogError(CleancutError):

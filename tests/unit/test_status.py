@@ -5,10 +5,10 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from cleancut.calendar import next_run
 from cleancut.catalog import Catalog
 from cleancut.config.load import load_app
 from cleancut.runs import RunLog
+from cleancut.schedule import next_run
 from cleancut.status import gather
 
 NOW = datetime(2026, 12, 3, 12, 0, tzinfo=UTC)

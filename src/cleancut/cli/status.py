@@ -24,7 +24,7 @@ def status(config: Path = APP_CONFIG, json_output: bool = JSON) -> None:
     Reads only the local run log and catalog, never the repository, so it is instant and
     needs no password. Exit code 0 when there is no warning, 3 when there is one.
     """
-    from cleancut.calendar import next_run  # systemd-analyze, only when [schedule] asks
+    from cleancut.schedule import next_run  # systemd-analyze, only when [schedule] asks
 
     loaded = load(config)
     catalog = open_catalog(loaded)

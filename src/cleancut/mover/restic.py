@@ -33,7 +33,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import IO, Any, NoReturn
 
-from cleancut.errors import MoverError
+from cleancut.errors import MoverError, ResticInterrupted
 from cleancut.mover.base import (
     Mover,
     ProgressCallback,
@@ -44,7 +44,10 @@ from cleancut.mover.base import (
 )
 
 _STDERR_LINES = 200
+#: restic's exit status after SIGINT (its cleanup handler exits 130, as a shell would)
+_RESTIC_INTERRUPTED = 130
 _MESSAGE_LINES = 6
+_TERMINAL_CODES = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 _NO_REPOSITORY = ("does not exist", "no such file or directory", "is there a repository")
 _INSTALL_HINT = "run `make setup`, or `apt-get install restic`"
 _CHECK_TAIL_LINES = 20
@@ -424,6 +427,10 @@ class ResticMover(Mover):
                 f"wrong password for the repository {self._url()}: restic says {message!r}; "
                 f"check the repository password in the configuration (command: {command})"
             )
+        if returncode == _RESTIC_INTERRUPTED:
+            raise ResticInterrupted(
+                f"interrupted: restic was stopped by SIGINT (Ctrl-C) (command: {command})"
+            )
         if returncode == 3 and summary is not None:
             message = (
                 f"some source files could not be read, snapshot {summary.get('snapshot_id')} "
@@ -614,7 +621,8 @@ def _interrupt(proc: subprocess.Popen[bytes]) -> None:
 
 def _restic_message(stderr: bytes) -> str:
     """restic's own message: the last meaningful stderr lines, on one line."""
-    lines = [line.strip() for line in stderr.decode(errors="replace").splitlines()]
+    text = _TERMINAL_CODES.sub("", stderr.decode(errors="replace"))  # "\x1b[2K" and kin
+    lines = [line.strip() for line in text.splitlines()]
     kept = [line for line in lines if line and not line.startswith("reading repository password")]
     locked = [i for i, line in enumerate(kept) if "already locked" in line]
     start = locked[-1] if locked else max(0, len(kept) - _MESSAGE_LINES)

@@ -378,3 +378,11 @@ def test_ignore_flags_are_passed_only_when_asked_for(tmp_path: Path) -> None:
         ["--parent", "--ignore-inode", "--ignore-ctime"],
     ]
     assert fast.files_unmodified == 3 and fast.files_new == 0
+
+
+def test_restic_message_drops_terminal_codes() -> None:
+    """restic clears the progress line before "signal interrupt received" even on a pipe."""
+    from cleancut.mover.restic import _restic_message
+
+    stderr = b"\x1b[2Ksignal interrupt received, cleaning up\n"
+    assert _restic_message(stderr) == "signal interrupt received, cleaning up"
