@@ -19,7 +19,8 @@ from cleancut.check import (
 )
 from cleancut.errors import ConfigError
 from cleancut.mover.base import RepositoryAccess, RepositoryCheck
-from cleancut.mover.restic import FindSizes, ResticMover
+from cleancut.mover.restic import ResticMover
+from cleancut.mover.restic_json import FindSizes
 
 SNAP_A = "a" * 64
 SNAP_B = "b" * 64

@@ -20,6 +20,7 @@ reports; every restic command accepts them.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import shlex
@@ -42,7 +43,9 @@ from cleancut.mover.base import (
     StoredSnapshot,
     Upload,
 )
+from cleancut.mover.restic_json import BackupOutput, FindSizes
 
+_log = logging.getLogger("cleancut.restic")
 _STDERR_LINES = 200
 #: restic's exit status after SIGINT (its cleanup handler exits 130, as a shell would)
 _RESTIC_INTERRUPTED = 130
@@ -56,7 +59,6 @@ _CHECK_FOUND = ("repository contains errors", "loadindex returned errors")
 _CHECK_ACCESS = ("already locked", "wrong password", "is there a repository", "does not exist")
 #: snapshots per ``restic find`` call, which takes them as ``--snapshot ID`` arguments
 _FIND_BATCH = 500
-_CHUNK = 1 << 20
 
 
 def render_tags(tags: Mapping[str, str]) -> str:
@@ -178,7 +180,7 @@ class ResticMover(Mover):
             flags += ["--ignore-inode"] if ignore_inode else []
             flags += ["--ignore-ctime"] if ignore_ctime else []
             argv[-1:-1] = flags
-        reader = _BackupOutput(progress)
+        reader = BackupOutput(progress)
         returncode, stderr = self._stream(argv, cwd, reader.line)
         if returncode != 0:
             self._raise(argv, returncode, stderr, reader.summary)
@@ -189,7 +191,7 @@ class ResticMover(Mover):
     ) -> Upload:
         """Store ``data`` as the one file ``/filename`` of a new snapshot."""
         argv = self._backup_bytes_argv(filename, host, tags)
-        reader = _BackupOutput(None)
+        reader = BackupOutput(None)
         for line in self._run(argv, data=data).splitlines():
             reader.line(line)
         return reader.upload(self._show(argv))
@@ -343,6 +345,9 @@ class ResticMover(Mover):
         return env
 
     def _spawn(self, argv: list[str], cwd: Path | None, stdin: int) -> subprocess.Popen[bytes]:
+        _log.debug(
+            "restic: %s%s", f"cd {shlex.quote(str(cwd))} && " if cwd else "", self._show(argv)
+        )
         try:
             return subprocess.Popen(
                 argv,
@@ -363,8 +368,10 @@ class ResticMover(Mover):
         self, argv: list[str], *, data: bytes | None = None, cwd: Path | None = None
     ) -> tuple[int, bytes, bytes]:
         stdin = subprocess.PIPE if data is not None else subprocess.DEVNULL
+        started = time.monotonic()
         with self._spawn(argv, cwd, stdin) as proc:
             stdout, stderr = proc.communicate(data)
+        _ended(argv, proc.returncode, started)
         return proc.returncode, stdout, stderr
 
     def _run(self, argv: list[str], *, data: bytes | None = None) -> bytes:
@@ -392,6 +399,7 @@ class ResticMover(Mover):
         Should ``consume`` raise, restic is interrupted first, so that it drops its lock.
         """
         tail: deque[bytes] = deque(maxlen=_STDERR_LINES)
+        started = time.monotonic()
         with self._spawn(argv, cwd, subprocess.DEVNULL) as proc:
             assert proc.stdout is not None and proc.stderr is not None
             drain = threading.Thread(target=_drain, args=(proc.stderr, tail), daemon=True)
@@ -404,6 +412,7 @@ class ResticMover(Mover):
             finally:
                 proc.wait()
                 drain.join()
+        _ended(argv, proc.returncode, started)
         return proc.returncode, b"".join(tail)
 
     def _raise(
@@ -449,152 +458,6 @@ class ResticMover(Mover):
         return f"RESTIC_REPOSITORY={shlex.quote(self._url())} {shlex.join(argv)}"
 
 
-class _BackupOutput:
-    """Reads ``restic backup --json`` lines: status into progress calls, the summary kept."""
-
-    def __init__(self, progress: ProgressCallback | None) -> None:
-        self.progress = progress
-        self.summary: dict[str, Any] | None = None
-
-    def line(self, raw: bytes) -> None:
-        try:
-            message = json.loads(raw)
-        except ValueError:
-            return  # restic prints the odd plain-text line even in JSON mode
-        if not isinstance(message, dict):
-            return
-        kind = message.get("message_type")
-        if kind == "summary":
-            self.summary = message
-            self._report(_final_progress(message))
-        elif kind == "status":
-            self._report(_status_progress(message))
-
-    def _report(self, figures: dict[str, Any]) -> None:
-        if self.progress is not None:
-            self.progress(figures)
-
-    def upload(self, command: str) -> Upload:
-        summary = self.summary
-        if summary is None or not summary.get("snapshot_id"):
-            raise MoverError(f"restic backup reported no snapshot id (command: {command})")
-        return Upload(
-            snapshot_id=str(summary["snapshot_id"]),
-            bytes_processed=int(summary.get("total_bytes_processed", 0)),
-            bytes_added=int(summary.get("data_added", 0)),
-            files=int(summary.get("total_files_processed", 0)),
-            seconds=float(summary.get("total_duration", 0.0)),
-            files_new=int(summary.get("files_new", 0)),
-            files_changed=int(summary.get("files_changed", 0)),
-            files_unmodified=int(summary.get("files_unmodified", 0)),
-        )
-
-
-class FindSizes:
-    """Sums the file sizes per snapshot in the output of ``restic find --json '*'``.
-
-    restic prints one JSON array holding every node of every snapshot, on one line: far
-    too much to load at once for a large tree, so it is read in chunks and only two keys
-    are taken from it, in order: each node's ``"size":N`` (files only; restic leaves it
-    out when 0) and, closing each snapshot's list, ``"snapshot":"ID"``. Neither can be
-    matched inside a string value, where JSON escapes every quote; neither holds a
-    comma, so a chunk is cut after its last comma. A raw newline before the end means
-    restic put a plain-text message (an unreadable tree) among the JSON: that is refused.
-    """
-
-    _TOKEN = re.compile(rb'"(size|snapshot)":(?:(\d+)|"([0-9a-f]+)")')
-
-    def __init__(self) -> None:
-        self._sizes: dict[str, int] = {}
-        self._pending = 0
-        self._rest = b""
-        self._started = False
-        self._ended = False
-        self._error: str | None = None
-
-    def read(self, stdout: IO[bytes]) -> None:
-        """Consume restic's stdout to its end."""
-        for chunk in iter(lambda: stdout.read(_CHUNK), b""):
-            self.feed(chunk)
-        self._scan(self._rest)
-        self._rest = b""
-
-    def feed(self, chunk: bytes) -> None:
-        self._guard(chunk)
-        data = self._rest + chunk
-        cut = data.rfind(b",") + 1
-        self._scan(data[:cut])
-        self._rest = data[cut:]
-
-    def sizes(self) -> dict[str, int]:
-        """Full snapshot id -> bytes; ValueError when the output was not restic's JSON."""
-        if self._error is None and not self._started:
-            self._error = "restic printed nothing"
-        if self._error is None and self._pending:
-            self._error = "file sizes after the last snapshot id"
-        if self._error is not None:
-            raise ValueError(self._error)
-        return dict(self._sizes)
-
-    def _guard(self, chunk: bytes) -> None:
-        if self._error is not None:
-            return
-        text = chunk if self._started else chunk.lstrip()
-        if text and not self._started:
-            self._started = True
-            if not text.startswith(b"["):
-                self._error = f"not JSON: {_first_line(text)!r}"
-                return
-        if self._ended and text.strip():
-            self._error = f"text after the JSON: {_first_line(text.strip())!r}"
-        newline = text.find(b"\n")
-        if newline >= 0:
-            self._ended = True
-            if text[newline:].strip():
-                self._error = f"text among the JSON: {_first_line(text[newline:].strip())!r}"
-
-    def _scan(self, data: bytes) -> None:
-        for match in self._TOKEN.finditer(data):
-            if match.group(1) == b"size" and match.group(2) is not None:
-                self._pending += int(match.group(2))
-            elif match.group(1) == b"snapshot" and match.group(3) is not None:
-                full = match.group(3).decode()
-                self._sizes[full] = self._sizes.get(full, 0) + self._pending
-                self._pending = 0
-
-
-def _first_line(data: bytes) -> str:
-    return data.decode(errors="replace").splitlines()[0][:200] if data else ""
-
-
-def _status_progress(status: Mapping[str, Any]) -> dict[str, Any]:
-    return {
-        "percent": 100.0 * float(status.get("percent_done", 0.0)),
-        "bytes_done": int(status.get("bytes_done", 0)),
-        "total_bytes": int(status.get("total_bytes", 0)),
-        "files_done": int(status.get("files_done", 0)),
-        "total_files": int(status.get("total_files", 0)),
-        "seconds": float(status.get("seconds_elapsed", 0.0)),
-        "done": False,
-    }
-
-
-def _final_progress(summary: Mapping[str, Any]) -> dict[str, Any]:
-    processed = int(summary.get("total_bytes_processed", 0))
-    files = int(summary.get("total_files_processed", 0))
-    return {
-        "percent": 100.0,
-        "bytes_done": processed,
-        "total_bytes": processed,
-        "files_done": files,
-        "total_files": files,
-        "seconds": float(summary.get("total_duration", 0.0)),
-        "bytes_added": int(summary.get("data_added", 0)),
-        "snapshot_id": summary.get("snapshot_id"),
-        "done": True,
-    }
-
-
 def _stored_snapshot(record: Mapping[str, Any]) -> StoredSnapshot:
     return StoredSnapshot(
         snapshot_id=str(record.get("short_id") or str(record["id"])[:8]),
@@ -603,6 +466,11 @@ def _stored_snapshot(record: Mapping[str, Any]) -> StoredSnapshot:
         tags=parse_tags(record.get("tags") or []),
         paths=list(record.get("paths") or []),
     )
+
+
+def _ended(argv: list[str], returncode: int, started: float) -> None:
+    command = next((arg for arg in argv[1:] if not arg.startswith("-")), argv[0])
+    _log.debug("restic %s: exit %d after %.2f s", command, returncode, time.monotonic() - started)
 
 
 def _drain(stream: IO[bytes], tail: deque[bytes]) -> None:

@@ -9,16 +9,20 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import logging
 import os
 import queue
+import shlex
 import subprocess
 import threading
+import time
 from typing import IO, Any
 
 from cleancut import protocol
 from cleancut.errors import CleancutError, GuestError, HostUnreachable, ProtocolError
 from cleancut.transport.base import Channel, EventCallback
 
+_log = logging.getLogger("cleancut.transport")
 _STDERR_LINES = 200
 
 
@@ -28,6 +32,7 @@ class PipeChannel(Channel):
     def __init__(self, host: str, argv: list[str]) -> None:
         self.host = host
         self._send_lock = threading.Lock()
+        _log.debug("host %s: starting the guest agent: %s", host, shlex.join(argv))
         try:
             self._proc = subprocess.Popen(
                 argv,
@@ -107,6 +112,7 @@ class PipeChannel(Channel):
             self._waiting[ident] = answers
             self._events[ident] = on_event
             closed = self._closed
+        started = time.monotonic()
         try:
             if closed:
                 raise self._gone(f"no answer to {op!r}")
@@ -123,6 +129,13 @@ class PipeChannel(Channel):
                 self._events.pop(ident, None)
         if message is None:
             raise self._gone(f"no answer to {op!r}")
+        _log.debug(
+            "host %s: %s %s in %.1f ms",
+            self.host,
+            op,
+            "answered" if message.get("ok") else "failed",
+            1000 * (time.monotonic() - started),
+        )
         if message.get("ok"):
             return dict(message.get("result") or {})
         error = message.get("error") or {}
