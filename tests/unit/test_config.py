@@ -387,6 +387,24 @@ def test_app_sample_loads_unchanged(tmp_path: Path) -> None:
     assert loaded.config.hosts["app1"].guest_config == Path("/etc/cleancut/guest.toml")
 
 
+def test_app_sample_with_its_operations_tables_enabled_still_loads(tmp_path: Path) -> None:
+    start = APP_SAMPLE.index("# [schedule]")
+    enabled = APP_SAMPLE[:start] + "".join(
+        line[2:] + "\n" if line.startswith("# ") and ("=" in line or line.startswith("# [")) else ""
+        for line in APP_SAMPLE[start:].splitlines()
+    )
+    loaded = load_app(write(tmp_path, "shop.toml", enabled))
+    config = loaded.config
+    assert config.schedule is not None and config.schedule.actions() == {
+        "backup": "*-*-* 02:00",
+        "forget": "daily",
+        "check": "weekly",
+        "verify": "monthly",
+    }
+    assert config.retention is not None and config.retention.keep_only == "application"
+    assert config.monitoring is not None and config.monitoring.on == ["failure", "degraded"]
+
+
 def test_guest_sample_loads_unchanged(tmp_path: Path) -> None:
     guest = load_guest(write(tmp_path, "guest.toml", GUEST_SAMPLE))
     assert isinstance(guest, GuestConfig)

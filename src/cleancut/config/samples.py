@@ -34,6 +34,32 @@ guest_config = "/etc/cleancut/guest.toml"
 # name = "every order has its invoice"
 # run = ["python3", "checks/orders_have_invoices.py"]
 # timeout = "5m"
+
+# When each action runs: systemd OnCalendar expressions (or hourly, daily, weekly,
+# monthly). `cleancut schedule install` turns them into timers (or, --cron, a cron file).
+# [schedule]
+# backup = "*-*-* 02:00"
+# forget = "daily"
+# check = "weekly"                # restic check + every recovery point whole
+# verify = "monthly"              # the restore drill, with the [[checks]] above
+# randomized_delay = "10m"
+
+# Which recovery points `cleancut forget` keeps, decided per RP (all its hosts together).
+# [retention]
+# keep_last = 3
+# keep_daily = 7
+# keep_weekly = 4
+# keep_monthly = 12
+# keep_within = "2d"              # every RP this close to the newest
+# keep_only = "application"       # weaker RPs count for nothing and go first
+
+# Who hears of each backup, forget, check and verify.
+# [monitoring]
+# prometheus_textfile = "/var/lib/prometheus/node-exporter/cleancut.prom"
+# pushgateway = "http://127.0.0.1:9091"
+# notify = ["ntfys://ntfy.example/backups"]      # Apprise URLs
+# healthchecks = "https://hc.example/ping/UUID"  # /start, success, /fail pings
+# on = ["failure", "degraded"]                   # which outcomes notify
 """
 
 GUEST_SAMPLE = """\
