@@ -3,8 +3,9 @@
 ``status`` and ``metrics`` answer from it (and from the catalog) without touching the
 repository, so they are instant. A run is recorded as ``running`` before it starts and
 finished with its outcome; a run whose process died without finishing (SIGKILL, power
-loss) reads back as ``interrupted``. Unlike the catalog, the log cannot be rebuilt from
-the repository: losing it loses the history of outcomes, not a recovery point.
+loss) reads back as ``interrupted``, also when its pid now belongs to a later process.
+Unlike the catalog, the log cannot be rebuilt from the repository: losing it loses the
+history of outcomes, not a recovery point.
 
 The file sits beside the catalog (``<app>.runs.sqlite``, mode 600). Each call opens,
 uses and closes its own connection; nothing here holds a lock across a run.
@@ -171,13 +172,14 @@ class RunLog:
                 (app,),
             ).fetchall()
             running = db.execute(
-                "SELECT action, pid FROM runs WHERE app = ? AND outcome = 'running'", (app,)
+                "SELECT action, pid, started_at FROM runs WHERE app = ? AND outcome = 'running'",
+                (app,),
             ).fetchall()
         counts: dict[tuple[str, str], int] = {}
         for action, outcome, count in done:
             counts[(str(action), str(outcome))] = int(count)
-        for action, pid in running:
-            key = (str(action), _settled("running", int(pid), None))
+        for action, pid, started_at in running:
+            key = (str(action), _settled("running", int(pid), float(started_at), None))
             counts[key] = counts.get(key, 0) + 1
         return counts
 
@@ -222,19 +224,44 @@ def _now() -> float:
     return datetime.now(UTC).timestamp()
 
 
-def _alive(pid: int) -> bool:
+def _alive(pid: int, since: float) -> bool:
+    """Whether the process that started a run at ``since`` still lives as ``pid``.
+
+    A pid is reused once its process is gone (certainly after a reboot), so a live pid
+    counts only if its process started before the run did; the margin covers the
+    boot time's whole seconds and the clock ticks of the start time.
+    """
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
-        return True
-    return True
+        pass
+    started = _process_start(pid)
+    return started is None or started <= since + _START_SLACK
 
 
-def _settled(outcome: str, pid: int, ended_at: object) -> Outcome:
+_START_SLACK = 2.0
+
+
+def _process_start(pid: int) -> float | None:
+    """When ``pid`` started (Unix time) by /proc, or None where /proc cannot say."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        boot = next(
+            float(line.split()[1])
+            for line in Path("/proc/stat").read_text().splitlines()
+            if line.startswith("btime ")
+        )
+        ticks = int(stat.rsplit(")", 1)[1].split()[19])  # field 22: starttime
+        return boot + ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError, StopIteration):
+        return None
+
+
+def _settled(outcome: str, pid: int, started_at: float, ended_at: object) -> Outcome:
     """A ``running`` row whose process is gone was interrupted."""
-    if outcome == "running" and ended_at is None and not _alive(pid):
+    if outcome == "running" and ended_at is None and not _alive(pid, started_at):
         return "interrupted"
     return outcome  # type: ignore[return-value]
 
@@ -251,7 +278,7 @@ def _run(row: tuple[Any, ...]) -> Run:
         action=str(action),
         started_at=float(started_at),
         ended_at=None if ended_at is None else float(ended_at),
-        outcome=_settled(str(outcome), int(pid), ended_at),
+        outcome=_settled(str(outcome), int(pid), float(started_at), ended_at),
         pid=int(pid),
         summary=data if isinstance(data, dict) else {"summary": data},
     )

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import sqlite3
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from cleancut.runs import RunLog, runs_path
@@ -40,3 +42,28 @@ def test_a_run_whose_process_died_reads_back_interrupted(tmp_path: Path) -> None
     running = log.last("shop", "check")
     assert running is not None and running.run_id == mine and running.outcome == "running"
     assert log.counts("shop") == {("forget", "interrupted"): 1, ("check", "running"): 1}
+
+
+def test_a_pid_taken_by_a_later_process_is_not_the_run(tmp_path: Path) -> None:
+    """After a power loss the pid of a run that was going may belong to anything."""
+    log = RunLog(tmp_path / "shop.runs.sqlite")
+    later = subprocess.Popen(["sleep", "60"])
+    try:
+        db = sqlite3.connect(_create(log))
+        with db:
+            db.execute(
+                "INSERT INTO runs (app, action, started_at, outcome, pid) VALUES (?, ?, ?, ?, ?)",
+                ("shop", "backup", time.time() - 600, "running", later.pid),
+            )
+        db.close()
+        last = log.last("shop", "backup")
+        assert last is not None and last.outcome == "interrupted"
+        assert log.counts("shop")[("backup", "interrupted")] == 1
+    finally:
+        later.kill()
+        later.wait()
+
+
+def _create(log: RunLog) -> Path:
+    log.finish(log.start("shop", "check"), "success", {})
+    return log.path
