@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 PACKAGES=(restic xfsprogs btrfs-progs e2fsprogs sqlite3 util-linux python3-venv acl libcap2-bin
           openssh-server openssh-client iproute2
           postgresql-15 postgresql-client-15 mariadb-server mariadb-client mariadb-backup
-          cron prometheus prometheus-pushgateway)
+          cron prometheus prometheus-pushgateway systemd-container)
 PY=${PYTHON:-python3}
 
 missing=()

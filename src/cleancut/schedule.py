@@ -294,6 +294,65 @@ def remove_units(app: str, unit_dir: Path = UNIT_DIR) -> Applied:
     return done
 
 
+@dataclass(frozen=True)
+class TimerState:
+    """A timer as the running systemd sees it."""
+
+    active: str  # ActiveState: active, inactive, failed, ...
+    enabled: str  # UnitFileState: enabled, disabled, ... ("" when systemd has no such unit)
+    next_elapse: datetime | None  # the random delay included
+    last_trigger: datetime | None
+
+    def as_dict(self) -> dict[str, str | None]:
+        return {
+            "active": self.active,
+            "enabled": self.enabled,
+            "next_elapse": _iso(self.next_elapse),
+            "last_trigger": _iso(self.last_trigger),
+        }
+
+
+def timer_states(units: Sequence[str]) -> dict[str, TimerState]:
+    """What systemd says of each timer in ``units``; empty when systemd does not run here."""
+    if not units or not SYSTEMD_RUNNING.exists():
+        return {}
+    properties = "Id,ActiveState,UnitFileState,NextElapseUSecRealtime,LastTriggerUSec"
+    argv = ["systemctl", "show", f"--property={properties}", *units]
+    env = {**os.environ, "TZ": "UTC", "LC_ALL": "C"}  # times as "Fri 2026-12-04 02:04:09 UTC"
+    try:
+        done = subprocess.run(
+            argv, capture_output=True, text=True, timeout=30, check=False, env=env
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return {}
+    states: dict[str, TimerState] = {}
+    for block in done.stdout.split("\n\n"):
+        fields = dict(line.split("=", 1) for line in block.splitlines() if "=" in line)
+        if fields.get("Id") in units:
+            states[fields["Id"]] = TimerState(
+                active=fields.get("ActiveState", ""),
+                enabled=fields.get("UnitFileState", ""),
+                next_elapse=_utc(fields.get("NextElapseUSecRealtime", "")),
+                last_trigger=_utc(fields.get("LastTriggerUSec", "")),
+            )
+    return states
+
+
+def _utc(text: str) -> datetime | None:
+    """A time systemctl show printed under TZ=UTC; None when unset."""
+    match = _SHOWN_TIME.search(text)
+    if match is None:
+        return None
+    return datetime.strptime(match[1], "%Y-%m-%d %H:%M:%S").replace(tzinfo=UTC)
+
+
+_SHOWN_TIME = re.compile(r"(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d) UTC")
+
+
+def _iso(moment: datetime | None) -> str | None:
+    return None if moment is None else moment.isoformat()
+
+
 def _systemctl(done: Applied, why_not: str | None, args: list[str], *, check: bool = True) -> None:
     argv = ["systemctl", *args]
     if why_not is not None:

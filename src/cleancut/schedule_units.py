@@ -16,9 +16,11 @@ import re
 from pathlib import Path
 
 from cleancut.config.application import AppConfig
-from cleancut.config.load import LoadedApp
+from cleancut.config.load import LoadedApp, load_guest
 from cleancut.coordinator.repository import CREDENTIAL
-from cleancut.errors import ConfigError
+from cleancut.errors import CleancutError, ConfigError
+from cleancut.guest.hooks import collect_hooks
+from cleancut.guest.hooks_phase import HookPhases
 from cleancut.schedule import (
     MARK,
     UNIT_DIR,
@@ -83,9 +85,10 @@ def service_text(loaded: LoadedApp, action: str, command: list[str]) -> str:
             "Environment=PYTHONUNBUFFERED=1",
             *_umask(action),
             "# a stop sends SIGTERM to cleancut alone, which thaws and releases every host and",
-            "# ends its own children; whatever is left after TimeoutStopSec gets SIGKILL",
+            "# ends its own children; whatever is left after TimeoutStopSec gets SIGKILL: it",
+            "# covers a running pre-script, the post-scripts and a freeze (twice freeze_timeout)",
             "KillMode=mixed",
-            f"TimeoutStopSec={stop_timeout(config.freeze_timeout)}",
+            f"TimeoutStopSec={stop_timeout(loaded)[0]}",
             *_password(loaded),
             *HARDENING,
             "",
@@ -207,10 +210,42 @@ def _unit_path(path: Path, loaded: LoadedApp) -> str:
     return str(path).replace("%", "%%")
 
 
-def stop_timeout(freeze_timeout: float) -> int:
-    """Seconds a stopped run gets to thaw and release every host before SIGKILL: a freeze
-    in progress may need its full timeout twice (freeze, then thaw) plus the releases."""
-    return math.ceil(2 * freeze_timeout) + 60
+def stop_timeout(loaded: LoadedApp) -> tuple[int, list[str]]:
+    """Seconds a stopped run gets to thaw and release every host before SIGKILL, and
+    warnings about what that bound could not count.
+
+    A stop waits for a pre-script that is running (it finishes first, within its timeout),
+    then the post-scripts; a freeze in progress may need its full timeout twice (freeze,
+    then thaw). A SIGKILL before all that is done would skip post-scripts and could leave
+    an application quiesced, so the bound counts the hooks of every guest config on this
+    machine; ``[schedule] stop_timeout`` overrides it.
+    """
+    config = loaded.config
+    chosen = config.schedule.stop_timeout if config.schedule is not None else None
+    if chosen is not None:
+        return math.ceil(chosen), []
+    hooks, unknown = 0.0, []
+    for name, host in config.hosts.items():
+        if host.connect != "local" or host.guest_config is None:
+            unknown.append(name)
+            continue
+        try:
+            specs = collect_hooks(load_guest(host.guest_config))
+        except CleancutError:
+            unknown.append(name)  # `config check` says what is wrong with it
+            continue
+        hooks = max(hooks, HookPhases(specs).release_bound())
+    seconds = math.ceil(2 * config.freeze_timeout + _STOP_SLACK + hooks)
+    if not unknown:
+        return seconds, []
+    return seconds, [
+        f"TimeoutStopSec={seconds} counts no time for the pre- and post-scripts of "
+        f"{', '.join(sorted(unknown))} (their guest configs are not readable here): if a "
+        "stop may have to wait for them, set [schedule] stop_timeout to cover them"
+    ]
+
+
+_STOP_SLACK = 60.0
 
 
 def sandbox_warnings(config: AppConfig, app_file: Path) -> list[str]:

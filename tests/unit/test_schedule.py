@@ -25,7 +25,7 @@ from cleancut.schedule import (
     write_file,
 )
 from cleancut.schedule_cron import NoCronEquivalent, cron_fields, cron_file, remove_cron
-from cleancut.schedule_units import sandbox_warnings, systemd_units
+from cleancut.schedule_units import sandbox_warnings, stop_timeout, systemd_units
 
 BASE = """name = "shop"
 freeze_timeout = "20s"
@@ -98,6 +98,25 @@ def test_a_service_and_a_timer_per_action_with_the_contracts_directives(tmp_path
     assert timer["Unit"] == ["cleancut-shop-check.service"]
     assert timer["WantedBy"] == ["timers.target"]
     assert all(text.startswith(MARK) for text in units.values())
+
+
+def test_the_stop_timeout_waits_for_the_hooks_a_stop_must_let_finish(tmp_path: Path) -> None:
+    """A stop lets a running pre-script finish, then runs the post-scripts: SIGKILL before
+    that would leave the application quiesced (seen under a real systemd)."""
+    loaded = _app(tmp_path, 'backup = "daily"')
+    without, warnings = stop_timeout(loaded)
+    assert without == 100 and "vm1" in warnings[0]  # guest.toml is not there: not counted
+    (tmp_path / "guest.toml").write_text(
+        '[volumes.data]\npath = "/srv/data"\nsnapshot = "copy"\n\n[[hooks]]\nname = "app"\n'
+        'pre = ["/bin/true"]\npost = ["/bin/true"]\ntimeout = "2m"\n',
+        encoding="utf-8",
+    )
+    counted, warnings = stop_timeout(loaded)
+    assert counted >= 100 + 2 * 120 and warnings == []  # the pre-script, then the post
+    service = _directives(_units(loaded, tmp_path)["cleancut-shop-backup.service"])
+    assert service["TimeoutStopSec"] == [str(counted)]
+    chosen = _app(tmp_path, 'backup = "daily"\nstop_timeout = "15m"')
+    assert stop_timeout(chosen) == (900, [])
 
 
 def test_the_drill_keeps_a_umask_its_database_servers_can_live_with(tmp_path: Path) -> None:

@@ -17,10 +17,13 @@ from cleancut.schedule import (
     Applied,
     Calendar,
     ScheduleFile,
+    TimerState,
     check_calendars,
     install_units,
     installed_units,
     remove_units,
+    timer_states,
+    unit_stem,
 )
 from cleancut.schedule_cron import (
     CRON_DIR,
@@ -30,7 +33,7 @@ from cleancut.schedule_cron import (
     install_cron,
     remove_cron,
 )
-from cleancut.schedule_units import sandbox_warnings, systemd_units
+from cleancut.schedule_units import sandbox_warnings, stop_timeout, systemd_units
 
 app = typer.Typer(
     help="Run an application's backup, forget, check and verify on its [schedule]: "
@@ -93,6 +96,7 @@ def install(
     else:
         done = install_units(name, files, unit_dir)
         done.warnings += sandbox_warnings(loaded.config, loaded.path)
+        done.warnings += stop_timeout(loaded)[1]
         if cron_installed(name):
             done.warnings.append(_both("cron file", "schedule remove --cron"))
     render(done)
@@ -128,14 +132,20 @@ def show(
     cron_dir: Path = CRON_DIR_OPTION,
 ) -> None:
     """Each scheduled action: its calendar expression as systemd reads it, its next three
-    runs, and whether its systemd units or the cron file are installed."""
+    runs, and whether its systemd units or the cron file are installed. Where systemd
+    runs, also what it says of each timer: active, enabled, its next elapse (the
+    randomized delay included) and when it last fired."""
     loaded = load(config)
     calendars = check_calendars(loaded, iterations=3)
     name = loaded.config.name
     units = {path.name for path in installed_units(name, unit_dir)}
     cron = cron_installed(name, cron_dir)
     delay = loaded.config.schedule.randomized_delay if loaded.config.schedule else None
-    rows = [_row(name, action, calendar, units) for action, calendar in calendars.items()]
+    timers = timer_states([f"{unit_stem(name, action)}.timer" for action in calendars])
+    rows = [
+        _row(name, action, calendar, units, timers.get(f"{unit_stem(name, action)}.timer"))
+        for action, calendar in calendars.items()
+    ]
     if json_output:
         emit_json(
             "schedule",
@@ -151,7 +161,7 @@ def show(
             row["expression"],
             row["normalized"],
             "\n".join(moment[:19].replace("T", " ") for moment in row["next"]) or "never",
-            "installed" if row["timer_installed"] else "-",
+            _timer_cell(row),
         )
     print_table(table)
     if delay:
@@ -159,15 +169,31 @@ def show(
     out.print(f"cron file: {'installed' if cron else 'not installed'} in {cron_dir}")
 
 
-def _row(app: str, action: str, calendar: Calendar, units: set[str]) -> dict[str, Any]:
-    stem = f"cleancut-{app}-{action}"
+def _row(
+    app: str, action: str, calendar: Calendar, units: set[str], timer: TimerState | None
+) -> dict[str, Any]:
+    stem = unit_stem(app, action)
     return {
         "action": action,
         "expression": calendar.expression,
         "normalized": calendar.normalized,
         "next": [moment.isoformat() for moment in calendar.upcoming],
         "timer_installed": {f"{stem}.service", f"{stem}.timer"} <= units,
+        "timer": None if timer is None else timer.as_dict(),  # systemd's view, when it runs
     }
+
+
+def _timer_cell(row: dict[str, Any]) -> str:
+    """ "installed" or "-"; with systemd running, its state and its next elapse too."""
+    timer = row["timer"]
+    if timer is None or not timer["enabled"]:
+        return "installed" if row["timer_installed"] else "-"
+    lines = [f"{timer['active']}, {timer['enabled']}"]
+    if timer["next_elapse"]:
+        lines.append(f"next {timer['next_elapse'][:19].replace('T', ' ')}")
+    if timer["last_trigger"]:
+        lines.append(f"last {timer['last_trigger'][:19].replace('T', ' ')}")
+    return "\n".join(lines)
 
 
 def _require_password(loaded: LoadedApp) -> None:

@@ -44,6 +44,9 @@ class Schedule(Strict):
     check: Calendar | None = None
     verify: Calendar | None = None
     randomized_delay: Duration | None = None
+    #: The units' TimeoutStopSec; by default computed from freeze_timeout and the hooks
+    #: of the guest configs on this machine (those of ssh hosts are not known here).
+    stop_timeout: Duration | None = None
 
     def actions(self) -> dict[str, str]:
         """Each scheduled action and its calendar expression, in run order."""

@@ -212,6 +212,12 @@ class HookPhases:
                 and s.name not in self._post_ran
             ]
 
+    def release_bound(self) -> float:
+        """The longest a release may wait on the hooks: the pre-scripts run to their end
+        (one that is running finishes first), then every post-script."""
+        pres = sum((s.timeout + KILL_GRACE) * (s.pre_retries + 1) for s in self.specs if s.pre)
+        return pres + self.post_bound()
+
     def post_bound(self) -> float:
         """The longest all post-scripts may take, retries, kill grace and the end of the
         pre-scripts' leftovers included."""
