@@ -79,13 +79,19 @@ def _application(box: Box, *, hooks: str = "") -> tuple[Path, str, Path]:
         f'[volumes.vol]\npath = "{box.disk}"\nsnapshot = "copy"\nfreeze = true\n\n'
         f'[databases.orders]\nkind = "sqlite"\npath = "{db}"\nvolume = "vol"\n\n{hooks}',
     )
+    check = write_script(
+        folder / "orders_kept.sh",
+        'test "$(sqlite3 "$CLEANCUT_DB_ORDERS" "SELECT count(*) FROM orders")" -ge 50\n',
+    )
     write_private(folder / "repository.pass", "correct horse battery staple\n")
     config = write_private(
         folder / "app.toml",
         f'name = "{name}"\nfreeze_timeout = "10s"\ncatalog = "{folder / "catalog.sqlite"}"\n\n'
         f'[repository]\nurl = "{folder / "repository"}"\npassword_file = "repository.pass"\n\n'
         f'[hosts.vm1]\nconnect = "local"\nguest_config = "{guest}"\n\n'
-        '[schedule]\nbackup = "*-*-* 02:00"\ncheck = "weekly"\nrandomized_delay = "10m"\n',
+        f'[[checks]]\nname = "the orders are there"\nrun = ["{check}"]\n\n'
+        '[schedule]\nbackup = "*-*-* 02:00"\ncheck = "weekly"\nverify = "monthly"\n'
+        'randomized_delay = "10m"\n',
     )
     return config, name, folder
 
@@ -100,7 +106,7 @@ def test_installed_timers_run_a_hardened_backup_and_remove_forgets_them(box: Box
     config, name, folder = _application(box)
     installed = _ok(systemd.run(CLEANCUT, "schedule", "install", str(config)))
     assert "ran systemctl enable --now" in installed.stdout, installed.stdout
-    units = [f"cleancut-{name}-{action}.{kind}" for action in ("backup", "check")
+    units = [f"cleancut-{name}-{action}.{kind}" for action in ("backup", "check", "verify")
              for kind in ("service", "timer")]  # fmt: skip
     assert all((systemd.root / "etc/systemd/system" / unit).is_file() for unit in units)
 
@@ -128,6 +134,17 @@ def test_installed_timers_run_a_hardened_backup_and_remove_forgets_them(box: Box
     (point,) = json.loads(points.stdout)
     assert point["level"] == "application" and point["group_consistent"], point
     assert "sqlite writer orders held" in journal, journal
+    # the check and the restore drill run under their units' sandboxes too
+    for action in ("check", "verify"):
+        service = f"cleancut-{name}-{action}.service"
+        started = systemd.run("systemctl", "start", service, timeout=300)
+        assert started.returncode == 0, (started.stderr, systemd.journal(service))
+    assert "the orders are there" in systemd.journal(f"cleancut-{name}-verify.service")
+    status = json.loads(_ok(systemd.run(CLEANCUT, "status", str(config), "--json")).stdout)
+    for action in ("backup", "check", "verify"):
+        last = status["actions"][action]["last_run"]
+        assert last["outcome"] == "success" and status["actions"][action]["next_run"], last
+    assert status["ok"], status["warnings"]
 
     removed = _ok(systemd.run(CLEANCUT, "schedule", "remove", str(config)))
     assert "disable --now" in removed.stdout, removed.stdout
