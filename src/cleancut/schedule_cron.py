@@ -27,12 +27,16 @@ from cleancut.coordinator.runlock import lock_folder
 from cleancut.errors import ConfigError
 from cleancut.schedule import (
     MARK,
+    UNIT_DIR,
     Applied,
     Calendar,
     ScheduleFile,
     cleancut_command,
+    installed_units,
     refuse_foreign,
     schedule_of,
+    timer_states,
+    unit_stem,
     write_file,
     written_by_us,
 )
@@ -212,3 +216,31 @@ def remove_cron(app: str, *, cron_dir: Path = CRON_DIR, lock_dir: Path | None = 
 def cron_installed(app: str, cron_dir: Path = CRON_DIR) -> bool:
     path = cron_dir / cron_file_name(app)
     return path.exists() and written_by_us(path)
+
+
+def unstarted_warnings(
+    loaded: LoadedApp, *, unit_dir: Path = UNIT_DIR, cron_dir: Path = CRON_DIR
+) -> list[str]:
+    """What ``status`` warns of when ``[schedule]`` promises runs nothing will start: no
+    timer and no cron file installed for an action, or a timer the running systemd does
+    not have active. Editing ``[schedule]`` without installing it protects nothing."""
+    schedule = loaded.config.schedule
+    actions = list(schedule.actions()) if schedule is not None else []
+    name = loaded.config.name
+    if not actions or cron_installed(name, cron_dir):
+        return []
+    installed = {path.name for path in installed_units(name, unit_dir)}
+    missing = [a for a in actions if f"{unit_stem(name, a)}.timer" not in installed]
+    fix = f"run `cleancut schedule install {loaded.path}`"
+    found = []
+    if missing:
+        found.append(
+            f"{', '.join(missing)} {'is' if len(missing) == 1 else 'are'} in [schedule] but "
+            f"nothing starts {'it' if len(missing) == 1 else 'them'}: no systemd timer or "
+            f"cron file is installed; {fix}"
+        )
+    timers = [f"{unit_stem(name, a)}.timer" for a in actions if a not in missing]
+    for unit, state in timer_states(timers).items():
+        if state.active != "active":
+            found.append(f"{unit} is installed but systemd has it {state.active}; {fix}")
+    return found

@@ -8,7 +8,8 @@ from pathlib import Path
 from cleancut.catalog import Catalog
 from cleancut.config.load import load_app
 from cleancut.runs import RunLog
-from cleancut.schedule import next_run
+from cleancut.schedule import MARK, next_run
+from cleancut.schedule_cron import unstarted_warnings
 from cleancut.status import gather
 
 NOW = datetime(2026, 12, 3, 12, 0, tzinfo=UTC)
@@ -44,3 +45,22 @@ def test_warnings_follow_the_schedule(tmp_path: Path) -> None:
     assert backup.next_run == datetime(2026, 12, 4, tzinfo=UTC)
     assert backup.interval == timedelta(days=1)
     assert status.as_dict()["actions"]["check"]["last_run"]["outcome"] == "failure"
+
+
+def test_a_schedule_nothing_starts_is_a_warning(tmp_path: Path) -> None:
+    """[schedule] edited but never installed protects nothing; a cron file or the timers
+    make the warning go (whether systemd has them active is asked of systemd, where it runs:
+    tests/integration/test_schedule_systemd.py)."""
+    loaded = _loaded(tmp_path, '[schedule]\nbackup = "daily"\ncheck = "weekly"\n')
+    units, cron = tmp_path / "units", tmp_path / "cron.d"
+    units.mkdir()
+    cron.mkdir()
+    (warning,) = unstarted_warnings(loaded, unit_dir=units, cron_dir=cron)  # type: ignore[arg-type]
+    assert warning.startswith("backup, check are in [schedule] but nothing starts them")
+    assert "cleancut schedule install" in warning
+    for action in ("backup",):
+        (units / f"cleancut-shop-{action}.timer").write_text(f"{MARK} for application shop\n")
+    (warning,) = unstarted_warnings(loaded, unit_dir=units, cron_dir=cron)  # type: ignore[arg-type]
+    assert warning.startswith("check is in [schedule] but nothing starts it")
+    (cron / "cleancut-shop").write_text(f"{MARK} for application shop\n")
+    assert unstarted_warnings(loaded, unit_dir=units, cron_dir=cron) == []  # type: ignore[arg-type]

@@ -19,17 +19,20 @@ from cleancut.status import Status, gather, human_age
 def status(config: Path = APP_CONFIG, json_output: bool = JSON) -> None:
     """Am I protected? Per action (backup, forget, check, verify) the last run, its
     outcome and age, the next scheduled run; the newest recovery points; and warnings
-    such as "no application-level RP for 26 h" or "last check failed".
+    such as "no application-level RP for 26 h", "last check failed" or "backup is in
+    [schedule] but nothing starts it" (no timer or cron file installed).
 
     Reads only the local run log and catalog, never the repository, so it is instant and
     needs no password. Exit code 0 when there is no warning, 3 when there is one.
     """
     from cleancut.schedule import next_run  # systemd-analyze, only when [schedule] asks
+    from cleancut.schedule_cron import unstarted_warnings
 
     loaded = load(config)
     catalog = open_catalog(loaded)
     runs = RunLog(runs_path(catalog.path, loaded.config.name))
     report = gather(loaded, catalog, runs, next_run=next_run)
+    report.warnings.extend(unstarted_warnings(loaded))  # [schedule] edited, never installed
     if json_output:
         emit_json("status", report.as_dict())
     else:
