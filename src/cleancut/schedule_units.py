@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import re
+import sys
 from pathlib import Path
 
 from cleancut.config.application import AppConfig
@@ -33,11 +34,15 @@ from cleancut.schedule import (
 
 
 def systemd_units(
-    loaded: LoadedApp, calendars: dict[str, Calendar], unit_dir: Path = UNIT_DIR
+    loaded: LoadedApp,
+    calendars: dict[str, Calendar],
+    unit_dir: Path = UNIT_DIR,
+    command: list[str] | None = None,
 ) -> list[ScheduleFile]:
-    """A service and a timer for each scheduled action."""
+    """A service and a timer for each scheduled action; ``command`` starts cleancut
+    (default: this one, :func:`cleancut_command`)."""
     delay = schedule_of(loaded).randomized_delay
-    command = cleancut_command()
+    command = command or cleancut_command()
     files = []
     for action, calendar in calendars.items():
         stem = unit_stem(loaded.config.name, action)
@@ -90,7 +95,7 @@ def service_text(loaded: LoadedApp, action: str, command: list[str]) -> str:
             "KillMode=mixed",
             f"TimeoutStopSec={stop_timeout(loaded)[0]}",
             *_password(loaded),
-            *HARDENING,
+            *hardening(loaded, command),
             "",
         ]
     )
@@ -248,26 +253,54 @@ def stop_timeout(loaded: LoadedApp) -> tuple[int, list[str]]:
 _STOP_SLACK = 60.0
 
 
-def sandbox_warnings(config: AppConfig, app_file: Path) -> list[str]:
+def hardening(loaded: LoadedApp, command: list[str]) -> list[str]:
+    """:data:`HARDENING`, without ``PrivateTmp=yes`` when something the runs need lives
+    in /tmp or /var/tmp (a checkout there, say): the unit would not even start."""
+    in_tmp = [what for what, path in _needed(loaded.config, loaded.path, command) if _in_tmp(path)]
+    if not in_tmp:
+        return HARDENING
+    index = HARDENING.index("PrivateTmp=yes")
+    why = f"# PrivateTmp= left out: {', '.join(in_tmp)} in /tmp or /var/tmp (move it to have it)"
+    return [*HARDENING[:index], why, *HARDENING[index + 1 :]]
+
+
+def sandbox_warnings(config: AppConfig, app_file: Path, command: list[str]) -> list[str]:
     """Paths the scheduled runs need but the unit's sandbox hides or makes read-only."""
-    needed = {"the application file": app_file}
-    if config.catalog is not None:
-        needed["catalog"] = config.catalog
-    if config.repository.url.startswith("/"):
-        needed["repository"] = Path(config.repository.url)
-    if config.monitoring is not None and config.monitoring.prometheus_textfile:
-        needed["monitoring.prometheus_textfile"] = Path(config.monitoring.prometheus_textfile)
     warnings = []
-    for what, path in needed.items():
-        top = path.absolute().parts[1:3]
-        if top[:1] == ("tmp",) or top == ("var", "tmp"):
+    for what, path in _needed(config, app_file, command):
+        if _in_tmp(path):
             warnings.append(
-                f"{what} {path} is in /tmp or /var/tmp, which the units replace "
-                "with a private one (PrivateTmp=yes): move it"
+                f"{what} {path} is in /tmp or /var/tmp, which PrivateTmp=yes would replace "
+                "with a private one: the units go without that hardening; move it to have it"
             )
-        elif what != "the application file" and top[:1] in (("etc",), ("usr",), ("boot",)):
+        elif what in ("catalog", "repository", "monitoring.prometheus_textfile") and (
+            path.absolute().parts[1:2] in (("etc",), ("usr",), ("boot",))
+        ):
             warnings.append(
                 f"{what} {path} is read-only in the units (ProtectSystem=full): "
                 "move it, e.g. under /var/lib"
             )
     return warnings
+
+
+def _needed(config: AppConfig, app_file: Path, command: list[str]) -> list[tuple[str, Path]]:
+    """What a scheduled run reads or writes on this machine, named for a message."""
+    needed = [("cleancut", Path(command[0])), ("the application file", app_file)]
+    needed.append(("its Python", Path(sys.executable).resolve()))
+    if config.catalog is not None:
+        needed.append(("catalog", config.catalog))
+    if config.repository.url.startswith("/"):
+        needed.append(("repository", Path(config.repository.url)))
+    if config.monitoring is not None and config.monitoring.prometheus_textfile:
+        needed.append(
+            ("monitoring.prometheus_textfile", Path(config.monitoring.prometheus_textfile))
+        )
+    for name, host in config.hosts.items():
+        if host.connect == "local" and host.guest_config is not None:
+            needed.append((f"the guest config of {name}", host.guest_config))
+    return needed
+
+
+def _in_tmp(path: Path) -> bool:
+    top = path.absolute().parts[1:3]
+    return top[:1] == ("tmp",) or top == ("var", "tmp")

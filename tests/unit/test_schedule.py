@@ -25,7 +25,7 @@ from cleancut.schedule import (
     write_file,
 )
 from cleancut.schedule_cron import NoCronEquivalent, cron_fields, cron_file, remove_cron
-from cleancut.schedule_units import sandbox_warnings, stop_timeout, systemd_units
+from cleancut.schedule_units import hardening, sandbox_warnings, stop_timeout, systemd_units
 
 BASE = """name = "shop"
 freeze_timeout = "20s"
@@ -51,8 +51,12 @@ def _app(
     return load_app(path)
 
 
+#: where cleancut is installed, for the units (not under /tmp, as a test checkout may be)
+COMMAND = ["/opt/cleancut/bin/cleancut"]
+
+
 def _units(loaded: LoadedApp, folder: Path) -> dict[str, str]:
-    files = systemd_units(loaded, check_calendars(loaded), folder)
+    files = systemd_units(loaded, check_calendars(loaded), folder, COMMAND)
     return {file.path.name: file.text for file in files}
 
 
@@ -65,7 +69,10 @@ def _directives(text: str) -> dict[str, list[str]]:
     return found
 
 
-def test_a_service_and_a_timer_per_action_with_the_contracts_directives(tmp_path: Path) -> None:
+def test_a_service_and_a_timer_per_action_with_the_contracts_directives(
+    trusted_dir: Path,
+) -> None:
+    tmp_path = trusted_dir  # not under /tmp, which would cost the units PrivateTmp=yes
     loaded = _app(tmp_path, 'backup = "*-*-* 02:00"\ncheck = "weekly"\nrandomized_delay = "10m"')
     units = _units(loaded, tmp_path)
     assert sorted(units) == [
@@ -76,9 +83,7 @@ def test_a_service_and_a_timer_per_action_with_the_contracts_directives(tmp_path
     ]
     service = _directives(units["cleancut-shop-backup.service"])
     assert service["Type"] == ["oneshot"]
-    assert service["ExecStart"] == [
-        " ".join([*cleancut_command(), "backup", "--wait", str(loaded.path)])
-    ]
+    assert service["ExecStart"] == [" ".join([*COMMAND, "backup", "--wait", str(loaded.path)])]
     assert service["Nice"] == ["10"] and service["IOSchedulingClass"] == ["idle"]
     assert service["KillMode"] == ["mixed"]
     assert service["TimeoutStopSec"] == ["100"]  # 2 x 20 s freeze_timeout + 60 s
@@ -86,8 +91,8 @@ def test_a_service_and_a_timer_per_action_with_the_contracts_directives(tmp_path
     password = str(tmp_path / "shop.pass")
     assert service["LoadCredential"] == [f"repository-password:{password}"]
     assert service["InaccessiblePaths"] == [f"-{password}"]
-    for hardening in ("NoNewPrivileges", "PrivateTmp", "ProtectKernelLogs", "LockPersonality"):
-        assert service[hardening] == ["yes"], hardening
+    for setting in ("NoNewPrivileges", "PrivateTmp", "ProtectKernelLogs", "LockPersonality"):
+        assert service[setting] == ["yes"], setting
     assert service["ProtectSystem"] == ["full"]
     for never in ("PrivateDevices", "ProtectKernelModules", "DeviceAllow", "ProtectClock"):
         assert never not in service, never
@@ -287,10 +292,22 @@ def test_sandbox_warnings_name_what_privatetmp_hides() -> None:
             "hosts": {"vm1": {"guest_config": "/etc/cleancut/guest.toml"}},
         }
     )
-    warnings = sandbox_warnings(config, Path("/etc/cleancut/shop.toml"))
+    command = ["/opt/cleancut/bin/cleancut"]
+    warnings = sandbox_warnings(config, Path("/etc/cleancut/shop.toml"), command)
     assert len(warnings) == 2
     assert "repository /tmp/repo" in warnings[1] and "PrivateTmp" in warnings[1]
     assert "catalog /etc/cleancut/catalog.sqlite" in warnings[0] and "ProtectSystem" in warnings[0]
+
+
+def test_a_checkout_in_tmp_keeps_the_units_startable(trusted_dir: Path) -> None:
+    """PrivateTmp=yes hides a cleancut installed under /tmp: systemd fails the start with
+    203/EXEC (seen under a real systemd with the checkout cloned to /tmp)."""
+    loaded = _app(trusted_dir, 'backup = "daily"')
+    assert "PrivateTmp=yes" in hardening(loaded, ["/opt/cleancut/bin/cleancut"])
+    in_tmp = hardening(loaded, ["/tmp/checkout/.venv/bin/cleancut"])
+    assert "PrivateTmp=yes" not in in_tmp
+    assert any(line.startswith("# PrivateTmp= left out: cleancut") for line in in_tmp)
+    assert "NoNewPrivileges=yes" in in_tmp and "ProtectSystem=full" in in_tmp
 
 
 def test_cleancut_command_is_the_venvs_console_script() -> None:

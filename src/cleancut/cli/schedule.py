@@ -19,6 +19,7 @@ from cleancut.schedule import (
     ScheduleFile,
     TimerState,
     check_calendars,
+    cleancut_command,
     install_units,
     installed_units,
     remove_units,
@@ -95,7 +96,7 @@ def install(
             done.warnings.append(_both("systemd timers", "schedule remove"))
     else:
         done = install_units(name, files, unit_dir)
-        done.warnings += sandbox_warnings(loaded.config, loaded.path)
+        done.warnings += sandbox_warnings(loaded.config, loaded.path, cleancut_command())
         done.warnings += stop_timeout(loaded)[1]
         if cron_installed(name):
             done.warnings.append(_both("cron file", "schedule remove --cron"))
