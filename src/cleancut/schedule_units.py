@@ -43,10 +43,11 @@ def systemd_units(
     (default: this one, :func:`cleancut_command`)."""
     delay = schedule_of(loaded).randomized_delay
     command = command or cleancut_command()
+    seconds, _ = stop_timeout(loaded)  # reads the local guest configs: once, not per unit
     files = []
     for action, calendar in calendars.items():
         stem = unit_stem(loaded.config.name, action)
-        service = service_text(loaded, action, command)
+        service = service_text(loaded, action, command, seconds)
         timer = timer_text(loaded, action, calendar.expression, delay)
         files.append(ScheduleFile(unit_dir / f"{stem}.service", service))
         files.append(ScheduleFile(unit_dir / f"{stem}.timer", timer))
@@ -61,7 +62,7 @@ def _header(app: str, app_file: Path) -> list[str]:
     ]
 
 
-def service_text(loaded: LoadedApp, action: str, command: list[str]) -> str:
+def service_text(loaded: LoadedApp, action: str, command: list[str], stop_seconds: int) -> str:
     """The oneshot that runs ``action``: each directive with the reason it is there."""
     config = loaded.config
     argv = [*command, action, "--wait", str(loaded.path)]
@@ -93,7 +94,7 @@ def service_text(loaded: LoadedApp, action: str, command: list[str]) -> str:
             "# ends its own children; whatever is left after TimeoutStopSec gets SIGKILL: it",
             "# covers a running pre-script, the post-scripts and a freeze (twice freeze_timeout)",
             "KillMode=mixed",
-            f"TimeoutStopSec={stop_timeout(loaded)[0]}",
+            f"TimeoutStopSec={stop_seconds}",
             *_password(loaded),
             *hardening(loaded, command),
             "",

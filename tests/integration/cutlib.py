@@ -114,6 +114,16 @@ def make_app(
     return App(root, config)
 
 
+def copy_app(root: Path) -> App:
+    """One local host whose share is copied unfrozen: a backup commits at crash level
+    (exit 3, degraded by design) without a mount or root."""
+    data = root / "share"
+    data.mkdir()
+    (data / "receipt.txt").write_text("paid\n", encoding="utf-8")
+    guest = f'[volumes.share]\npath = "{data}"\nsnapshot = "copy"\nfreeze = false\n'
+    return make_app(root, {"vm1": guest})
+
+
 def image_volume(name: str, path: Path) -> str:
     return f'[volumes.{name}]\npath = "{path}"\nsnapshot = "image"\nfreeze = true\n'
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.cutlib import CLEANCUT, App, _env, make_app
+from tests.integration.cutlib import CLEANCUT, _env, children, copy_app
 
 pytestmark = pytest.mark.restic
 
@@ -24,28 +24,16 @@ pytestmark = pytest.mark.restic
 def _restic_init_below(pid: int) -> bool:
     """A ``restic init`` child of ``pid`` that has installed its SIGINT handler (before
     that, Go's runtime start-up keeps the disposition it inherited)."""
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
+    for child in children(pid):
         try:
-            stat = (entry / "stat").read_text()
-            argv = (entry / "cmdline").read_bytes().split(b"\0")
-            status = (entry / "status").read_text()
+            argv = Path(f"/proc/{child}/cmdline").read_bytes().split(b"\0")
+            status = Path(f"/proc/{child}/status").read_text()
         except OSError:
             continue
-        parent = int(stat.rsplit(")", 1)[1].split()[1])
-        if parent == pid and b"restic" in argv[0] and b"init" in argv:
+        if b"restic" in argv[0] and b"init" in argv:
             caught = next(line for line in status.splitlines() if line.startswith("SigCgt:"))
             return bool(int(caught.split()[1], 16) & (1 << (signal.SIGINT - 1)))
     return False
-
-
-def _app(root: Path) -> App:
-    data = root / "share"
-    data.mkdir()
-    (data / "receipt.txt").write_text("paid\n", encoding="utf-8")
-    guest = f'[volumes.share]\npath = "{data}"\nsnapshot = "copy"\nfreeze = false\n'
-    return make_app(root, {"vm1": guest})
 
 
 def _ignore_sigint() -> None:
@@ -58,7 +46,7 @@ def test_ctrl_c_during_restic_init_exits_130_and_the_next_backup_works(
 ) -> None:
     """ "With SIGINT ignored" is ``cleancut backup &`` in a script: cleancut never sees
     the Ctrl-C, but restic (Go re-enables SIGINT) does and stops."""
-    app = _app(trusted_dir)
+    app = copy_app(trusted_dir)
     proc = subprocess.Popen(
         [*CLEANCUT, "backup", str(app.config)],
         stdout=subprocess.PIPE,

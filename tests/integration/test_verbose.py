@@ -7,22 +7,14 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.cutlib import App, make_app
+from tests.integration.cutlib import copy_app
 
 pytestmark = pytest.mark.restic
 PASSWORD = "correct horse battery staple"  # what cutlib.make_app writes
 
 
-def _app(root: Path) -> App:
-    data = root / "share"
-    data.mkdir()
-    (data / "receipt.txt").write_text("paid\n", encoding="utf-8")
-    guest = f'[volumes.share]\npath = "{data}"\nsnapshot = "copy"\nfreeze = false\n'
-    return make_app(root, {"vm1": guest})
-
-
 def test_verbose_shows_restic_commands_and_connections(trusted_dir: Path) -> None:
-    app = _app(trusted_dir)
+    app = copy_app(trusted_dir)
     plain = app.run("backup")
     assert plain.returncode == 3, plain.stderr  # an unfrozen copy: crash level, degraded
     assert "debug:" not in plain.stderr
